@@ -1,0 +1,21 @@
+# Two entry points for a fresh clone (README, Quick start):
+#   make repro   create .venv, install the package with the pipeline extras, run `dvc repro`
+#   make test    same environment, run the test suite (what .ci/run calls)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ACTIVATE := . $(VENV)/bin/activate
+
+.PHONY: repro test install
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[pipeline,dev]"
+	touch $@
+
+repro: $(VENV)/.installed
+	$(ACTIVATE) && dvc repro
+
+test: $(VENV)/.installed
+	$(ACTIVATE) && python -m pytest

@@ -1,0 +1,353 @@
+"""params.yaml -> one validated, frozen :class:`Config`.
+
+Every key of params.yaml is checked here, before any work starts: an unknown key, a value of the
+wrong type or an impossible value raises :class:`ConfigError`, whose message names the key (as a
+dotted path in params.yaml terms) and what is accepted.
+
+``runs.<name>`` entries are deep-merged over ``run_defaults`` so that params.yaml lists each
+hyperparameter once, next to its default; the merged run is what gets validated and logged.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DATASET_SOURCES = ("sklearn_digits", "mnist", "cub", "cars196", "sop", "inat2018")
+BACKBONES = ("small_cnn", "resnet50", "vit_b_16")
+# Base losses by params name -> pytorch-metric-learning class name (see tcm.losses.registry).
+BASE_LOSSES = {
+    "multi_similarity": "MultiSimilarityLoss",
+    "proxy_anchor": "ProxyAnchorLoss",
+    "smooth_ap": "SmoothAPLoss",
+    "contrastive": "ContrastiveLoss",
+    "triplet": "TripletMarginLoss",
+}
+# Constructor arguments that the registry fills in itself, so params must not set them.
+_LOSS_ARGS_SET_BY_CODE = {"num_classes", "embedding_size", "distance", "reducer", "embedding_regularizer",
+                          "embedding_reg_weight", "collect_stats"}
+
+
+class ConfigError(ValueError):
+    """A problem in params.yaml; the message names the key and what is accepted."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetConfig(_Strict):
+    source: Literal[DATASET_SOURCES]  # type: ignore[valid-type]
+    # Folder holding the official files as extracted (benchmarks only; digits ship with sklearn).
+    root: Path | None = None
+    # Open-world split for digits/MNIST: these classes train, the rest test.
+    train_classes: list[int] | None = None
+    # Train: RandomResizedCrop(image_size, scale=crop_scale) (+ flip); test: Resize(resize) + CenterCrop.
+    image_size: PositiveInt = 224
+    resize: PositiveInt = 256
+    crop_scale: tuple[PositiveFloat, PositiveFloat] = (0.08, 1.0)
+    hflip: bool = True
+    # Waive the standard per-split image/class counts (subsets, tiny test copies).
+    allow_nonstandard_counts: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> DatasetConfig:
+        lo, hi = self.crop_scale
+        if not lo <= hi <= 1.0:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, but got {list(self.crop_scale)}")
+        if self.resize < self.image_size:
+            raise ValueError(f"resize ({self.resize}) must be >= image_size ({self.image_size})")
+        if self.source in ("sklearn_digits", "mnist"):
+            if not self.train_classes:
+                raise ValueError(f"train_classes is required for source '{self.source}' (e.g. [0, 1, 2, 3, 4])")
+            bad = [c for c in self.train_classes if not 0 <= c <= 9]
+            if bad or len(set(self.train_classes)) >= 10:
+                raise ValueError(f"train_classes must be a proper subset of 0..9, but got {self.train_classes}")
+        return self
+
+
+class ModelConfig(_Strict):
+    backbone: Literal[BACKBONES]  # type: ignore[valid-type]
+    embedding_dim: PositiveInt = 512
+    # ImageNet weights: torchvision's download when online, or `weights_path` (a local state_dict).
+    pretrained: bool = False
+    weights_path: Path | None = None
+    freeze_bn: bool = False
+
+
+class LossConfig(_Strict):
+    name: Literal[tuple(BASE_LOSSES)]  # type: ignore[valid-type]
+    # Keyword arguments of the pytorch-metric-learning class, e.g. {alpha: 2, beta: 50} for multi_similarity.
+    params: dict[str, float | int | bool | str] = Field(default_factory=dict)
+    # MultiSimilarityMiner in front of multi_similarity (the paper's recipe pairs them).
+    miner: bool = True
+    # ProxyAnchor's proxies learn this many times faster than the network (its authors use 100).
+    proxy_lr_multiplier: PositiveFloat = 100.0
+
+    @model_validator(mode="after")
+    def _known_params(self) -> LossConfig:
+        import pytorch_metric_learning.losses as pml_losses
+
+        cls = getattr(pml_losses, BASE_LOSSES[self.name])
+        accepted = sorted(set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"} - _LOSS_ARGS_SET_BY_CODE)
+        unknown = sorted(set(self.params) - set(accepted))
+        if unknown:
+            raise ValueError(f"unknown params {unknown} for loss '{self.name}'; accepted: {accepted}")
+        return self
+
+
+class TCMConfig(_Strict):
+    """The TCM regularizer (paper section 5.2 defaults)."""
+
+    enabled: bool = False
+    pos_margin: float = Field(0.9, ge=-1.0, le=1.0)  # m+: positives below this are penalised
+    neg_margin: float = Field(0.5, ge=-1.0, le=1.0)  # m-: negatives above this are penalised
+    pos_weight: NonNegativeFloat = 1.0  # lambda+
+    neg_weight: NonNegativeFloat = 1.0  # lambda-
+
+    @model_validator(mode="after")
+    def _margins(self) -> TCMConfig:
+        if self.neg_margin >= self.pos_margin:
+            raise ValueError(
+                f"neg_margin (m-) must be below pos_margin (m+), but got m- = {self.neg_margin} >= m+ = {self.pos_margin}"
+            )
+        return self
+
+
+class TrainConfig(_Strict):
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 64
+    m_per_class: PositiveInt = 4  # images per class in each batch
+    # Images drawn per epoch by the m-per-class sampler; null = the size of the train split.
+    samples_per_epoch: PositiveInt | None = None
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: PositiveFloat = 1e-4
+    weight_decay: NonNegativeFloat = 0.0
+    schedule: Literal["constant", "cosine"] = "constant"
+    seed: NonNegativeInt = 0
+    num_workers: NonNegativeInt = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True  # bf16 autocast, CUDA only
+    channels_last: bool = True  # CUDA only
+
+    @model_validator(mode="after")
+    def _batch(self) -> TrainConfig:
+        if self.batch_size % self.m_per_class:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of m_per_class ({self.m_per_class})"
+            )
+        return self
+
+
+class RunConfig(_Strict):
+    dataset: str
+    model: ModelConfig
+    loss: LossConfig
+    tcm: TCMConfig = TCMConfig()
+    train: TrainConfig = TrainConfig()
+
+
+class OpisConfig(_Strict):
+    beta: PositiveFloat = 1.0  # F-beta utility of TPR and TNR (assumed beta = 1)
+    far_range: tuple[PositiveFloat, PositiveFloat] = (1e-2, 1e-1)  # calibration range of overall FAR
+    n_thresholds: int = Field(101, ge=2)
+    eps: float = Field(0.05, gt=0.0, le=0.5)  # share of best / worst classes for eps-OPIS
+
+    @field_validator("far_range")
+    @classmethod
+    def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] < v[1] < 1:
+            raise ValueError(f"far_range must satisfy 0 < low < high < 1, but got {list(v)}")
+        return v
+
+
+class EvaluationConfig(_Strict):
+    batch_size: PositiveInt = 256  # images per forward pass when embedding the test split
+    recall_k: list[PositiveInt] = [1, 2, 4, 8]
+    opis: OpisConfig = OpisConfig()
+    chunk_size: PositiveInt = 4096  # query rows per similarity chunk
+
+
+class MlflowConfig(_Strict):
+    enabled: bool = True
+    tracking_uri: str = "sqlite:///mlflow.db"  # relative paths are taken from params.yaml's folder
+    artifact_location: str = "mlartifacts"
+    experiment: str = "tcm"
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _not_default_store(cls, v: str) -> str:
+        if not v.startswith("sqlite:///"):
+            raise ValueError(f"tracking_uri must be an explicit sqlite:/// store, but got {v!r}")
+        return v
+
+
+class PathsConfig(_Strict):
+    data: Path = Path("data")
+    runs: Path = Path("runs")
+    reports: Path = Path("reports")
+
+
+class Config(_Strict):
+    paths: PathsConfig = PathsConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    datasets: dict[str, DatasetConfig]
+    run_defaults: dict[str, Any] = Field(default_factory=dict)
+    runs: dict[str, RunConfig]
+    evaluation: EvaluationConfig = EvaluationConfig()
+    # Where params.yaml lives; relative paths are resolved against it. Set by load_config.
+    base_dir: Path = Path(".")
+
+    @model_validator(mode="after")
+    def _cross_refs(self) -> Config:
+        for name, run in self.runs.items():
+            if run.dataset not in self.datasets:
+                raise ValueError(
+                    f"runs.{name}.dataset: unknown dataset {run.dataset!r}; defined in datasets: {sorted(self.datasets)}"
+                )
+        return self
+
+    def path(self, p: Path | str) -> Path:
+        p = Path(p)
+        return p if p.is_absolute() else self.base_dir / p
+
+    def run(self, name: str) -> RunConfig:
+        if name not in self.runs:
+            raise ConfigError(f"unknown run {name!r}; runs in params.yaml: {sorted(self.runs)}")
+        return self.runs[name]
+
+    def dataset(self, name: str) -> DatasetConfig:
+        if name not in self.datasets:
+            raise ConfigError(f"unknown dataset {name!r}; datasets in params.yaml: {sorted(self.datasets)}")
+        return self.datasets[name]
+
+    def run_dir(self, name: str) -> Path:
+        return self.path(self.paths.runs) / name
+
+    def data_dir(self, name: str) -> Path:
+        return self.path(self.paths.data) / name
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` wins; nested mappings merge key by key (lists and scalars are replaced)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _has_path(d: Any, keys: tuple) -> bool:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return False
+        d = d[k]
+    return True
+
+
+def _accepted_keys(model: type[BaseModel], loc: tuple) -> list[str] | None:
+    """Field names accepted at ``loc`` (the parent of an unknown key), walking nested models."""
+    cls: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if isinstance(cls, type) and issubclass(cls, BaseModel):
+            field = cls.model_fields.get(part)
+            if field is None:
+                return None
+            cls = field.annotation
+            # dict[str, Model] and Optional[Model]: take the model out of the annotation.
+            for arg in getattr(cls, "__args__", ()) or ():
+                if isinstance(arg, type) and issubclass(arg, BaseModel):
+                    cls = arg
+        # a key of dict[str, Model]: stay on the model
+    if isinstance(cls, type) and issubclass(cls, BaseModel):
+        return sorted(f for f in cls.model_fields if f != "base_dir")
+    return None
+
+
+def _format_errors(err: ValidationError, raw: dict[str, Any], source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        shown = loc
+        # A run key that comes from run_defaults is reported where the user wrote it.
+        if len(loc) >= 3 and loc[0] == "runs" and not _has_path(raw.get("runs", {}).get(loc[1], {}), loc[2:]):
+            if _has_path(raw.get("run_defaults", {}), loc[2:]):
+                shown = ("run_defaults",) + loc[2:]
+        key = ".".join(str(p) for p in shown) or "<top level>"
+        if e["type"] == "extra_forbidden":
+            accepted = _accepted_keys(Config, loc[:-1])
+            msg = "unknown key" + (f"; accepted keys here: {accepted}" if accepted else "")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            if "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], dict):
+                msg += f" (got {e['input']!r})"
+        lines.append(f"{source}: {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: Any, source: str = "params.yaml", base_dir: Path | str = ".") -> Config:
+    """Validate an already-loaded params mapping; raise :class:`ConfigError` naming each bad key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, but got {type(raw).__name__}")
+    defaults = raw.get("run_defaults", {}) or {}
+    runs = raw.get("runs")
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{source}: run_defaults: expected a mapping, but got {type(defaults).__name__}")
+    if not isinstance(runs, dict) or not runs:
+        raise ConfigError(f"{source}: runs: expected a non-empty mapping of run name -> settings, but got {runs!r}")
+    merged = dict(raw)
+    merged["runs"] = {}
+    for name, run in runs.items():
+        if not isinstance(run, dict):
+            raise ConfigError(f"{source}: runs.{name}: expected a mapping, but got {run!r}")
+        merged["runs"][name] = deep_merge(defaults, run)
+    merged["base_dir"] = Path(base_dir)
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, raw, source)) from None
+
+
+def load_config(path: Path | str = "params.yaml") -> Config:
+    """Read and validate params.yaml; relative paths in it resolve against its folder."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read params file ({e.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return parse_config(raw, source=str(path), base_dir=path.resolve().parent)
+
+
+def resolved_run(cfg: Config, name: str) -> dict[str, Any]:
+    """The merged settings of one run as plain data: what is saved beside the run and logged."""
+    run = cfg.run(name)
+    return {
+        "run": name,
+        **run.model_dump(mode="json"),
+        "dataset_config": cfg.dataset(run.dataset).model_dump(mode="json"),
+        "evaluation": cfg.evaluation.model_dump(mode="json"),
+    }

@@ -1,0 +1,76 @@
+"""The one data format every data set is turned into: ``manifest.csv`` (path, label, split) plus
+``dataset.json`` naming the folder that the paths are relative to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from tcm.io import atomic_path, write_json
+
+MANIFEST = "manifest.csv"
+INFO = "dataset.json"
+COLUMNS = ("path", "label", "split")
+SPLITS = ("train", "test")
+
+
+class DataError(ValueError):
+    """A data set on disk is missing, malformed or not what was expected; the message says where."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    table: pd.DataFrame  # columns path (relative to image_root), label (int), split
+    image_root: Path
+
+    def split(self, split: str) -> pd.DataFrame:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, but got {split!r}")
+        return self.table[self.table["split"] == split].reset_index(drop=True)
+
+
+def check_table(table: pd.DataFrame, where: str) -> None:
+    """Open-world manifests: known columns and splits, integer labels, no class in both splits."""
+    missing = [c for c in COLUMNS if c not in table.columns]
+    if missing:
+        raise DataError(f"{where}: missing columns {missing}; expected {list(COLUMNS)}")
+    bad_split = sorted(set(table["split"]) - set(SPLITS))
+    if bad_split:
+        raise DataError(f"{where}: unknown split values {bad_split}; expected {list(SPLITS)}")
+    if not pd.api.types.is_integer_dtype(table["label"]):
+        raise DataError(f"{where}: column 'label' must hold integers, but has dtype {table['label'].dtype}")
+    overlap = set(table.loc[table.split == "train", "label"]) & set(table.loc[table.split == "test", "label"])
+    if overlap:
+        raise DataError(f"{where}: {len(overlap)} labels are in both train and test (e.g. {sorted(overlap)[:5]}); "
+                        "open-world splits need disjoint classes")
+
+
+def write_manifest(out_dir: Path | str, table: pd.DataFrame, image_root: Path | str, source: str) -> Path:
+    """Write manifest.csv and dataset.json atomically; ``image_root`` may be relative to ``out_dir``."""
+    out_dir = Path(out_dir)
+    table = table.loc[:, list(COLUMNS)].reset_index(drop=True)
+    check_table(table, str(out_dir / MANIFEST))
+    with atomic_path(out_dir / MANIFEST) as tmp:
+        table.to_csv(tmp, index=False)
+    counts = {s: {"images": int((table.split == s).sum()), "classes": int(table.label[table.split == s].nunique())}
+              for s in SPLITS}
+    write_json(out_dir / INFO, {"source": source, "image_root": str(image_root), "counts": counts})
+    return out_dir / MANIFEST
+
+
+def read_manifest(data_dir: Path | str) -> Manifest:
+    import json
+
+    data_dir = Path(data_dir)
+    path, info_path = data_dir / MANIFEST, data_dir / INFO
+    for p in (path, info_path):
+        if not p.is_file():
+            raise DataError(f"{p}: not found; run the data stage (`tcm data prepare ...`) first")
+    table = pd.read_csv(path, dtype={"path": str, "split": str})
+    check_table(table, str(path))
+    image_root = Path(json.loads(info_path.read_text())["image_root"])
+    if not image_root.is_absolute():
+        image_root = data_dir / image_root
+    return Manifest(table=table, image_root=image_root)

@@ -1,0 +1,45 @@
+"""Base losses by params name: pytorch-metric-learning classes, composed with TCM by addition."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tcm.config import BASE_LOSSES, LossConfig, TCMConfig
+from tcm.losses.tcm import ThresholdConsistentMargin
+
+
+@dataclass
+class Criterion:
+    """base(embeddings, labels [, miner tuples]) + TCM(embeddings, labels), reported per part."""
+
+    base: nn.Module
+    miner: nn.Module | None
+    tcm: ThresholdConsistentMargin | None
+
+    def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        tuples = self.miner(embeddings, labels) if self.miner is not None else None
+        base = self.base(embeddings, labels, tuples) if tuples is not None else self.base(embeddings, labels)
+        tcm = self.tcm(embeddings, labels) if self.tcm is not None else torch.zeros((), device=embeddings.device)
+        return {"loss": base + tcm, "base_loss": base, "tcm_loss": tcm}
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Learnable loss parameters (ProxyAnchor's proxies)."""
+        return list(self.base.parameters())
+
+
+def build_criterion(loss: LossConfig, tcm: TCMConfig, num_classes: int, embedding_dim: int) -> Criterion:
+    import pytorch_metric_learning.losses as pml_losses
+    import pytorch_metric_learning.miners as pml_miners
+
+    cls = getattr(pml_losses, BASE_LOSSES[loss.name])
+    kwargs = dict(loss.params)
+    if loss.name == "proxy_anchor":
+        kwargs.update(num_classes=num_classes, embedding_size=embedding_dim)
+    base = cls(**kwargs)
+    miner = pml_miners.MultiSimilarityMiner() if (loss.name == "multi_similarity" and loss.miner) else None
+    reg = (ThresholdConsistentMargin(tcm.pos_margin, tcm.neg_margin, tcm.pos_weight, tcm.neg_weight)
+           if tcm.enabled else None)
+    return Criterion(base=base, miner=miner, tcm=reg)

@@ -1,0 +1,121 @@
+"""The one module that talks to MLflow.
+
+MLflow is a side output: runs receive params, per-epoch metrics, final metrics and artifacts,
+but no stage reads results back from it. When mlflow is not importable (GPU boxes) or is
+disabled in params, every call is a no-op and a single notice is printed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from tcm.config import Config
+
+_NOTICE_SHOWN = False
+
+
+def git_commit(cwd: Path) -> str:
+    """HEAD's commit, with '-dirty' when tracked files differ from it; 'unknown' outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True,
+                               text=True, check=True).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def store_uris(cfg: Config) -> tuple[str, str]:
+    """(tracking URI, artifact location URI) with relative paths taken from params.yaml's folder."""
+    db = Path(cfg.mlflow.tracking_uri.removeprefix("sqlite:///"))
+    artifacts = Path(cfg.mlflow.artifact_location)
+    return f"sqlite:///{cfg.path(db).resolve()}", cfg.path(artifacts).resolve().as_uri()
+
+
+class Tracker:
+    """Thin wrapper over ``MlflowClient``; safe to call when MLflow is absent."""
+
+    def __init__(self, cfg: Config) -> None:
+        global _NOTICE_SHOWN
+        self.cfg = cfg
+        self.client = None
+        if not cfg.mlflow.enabled:
+            return
+        try:
+            from mlflow.tracking import MlflowClient
+        except ImportError:
+            if not _NOTICE_SHOWN:
+                print("tcm: mlflow is not installed; skipping experiment tracking", file=sys.stderr)
+                _NOTICE_SHOWN = True
+            return
+        uri, artifacts = store_uris(cfg)
+        self.client = MlflowClient(tracking_uri=uri)
+        exp = self.client.get_experiment_by_name(cfg.mlflow.experiment)
+        self.experiment_id = (exp.experiment_id if exp is not None else
+                              self.client.create_experiment(cfg.mlflow.experiment, artifact_location=artifacts))
+
+    @property
+    def enabled(self) -> bool:
+        return self.client is not None
+
+    def start_run(self, run_name: str, params: Mapping[str, Any], stage: str, run_id: str | None = None) -> str | None:
+        """Continue ``run_id`` when given and present in the store, else create a run."""
+        if not self.enabled:
+            return None
+        if run_id is not None:
+            try:
+                self.client.get_run(run_id)
+                self.client.update_run(run_id, status="RUNNING")
+                self.set_stage(run_id, stage)
+                return run_id
+            except Exception:
+                pass  # the store was reset: start afresh rather than fail the stage
+        tags = {"tcm.run": run_name, "git_commit": git_commit(self.cfg.base_dir), "stage": stage}
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        flat = flatten(params)
+        from mlflow.entities import Param
+
+        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in flat.items()])
+        return run.info.run_id
+
+    def set_stage(self, run_id: str | None, stage: str) -> None:
+        if self.enabled and run_id:
+            self.client.set_tag(run_id, "stage", stage)
+            self.client.set_tag(run_id, f"stage.{stage}.git_commit", git_commit(self.cfg.base_dir))
+
+    def log_metrics(self, run_id: str | None, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if not (self.enabled and run_id):
+            return
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in flatten(metrics).items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        self.client.log_batch(run_id, metrics=batch)
+
+    def log_artifacts(self, run_id: str | None, paths: Iterable[Path], artifact_path: str | None = None) -> None:
+        if not (self.enabled and run_id):
+            return
+        for p in paths:
+            if Path(p).is_file():
+                self.client.log_artifact(run_id, str(p), artifact_path)
+
+    def end_run(self, run_id: str | None, status: str = "FINISHED") -> None:
+        if self.enabled and run_id:
+            self.client.set_terminated(run_id, status=status)
