@@ -1,0 +1,152 @@
+"""The real pipeline end to end: DVC runs papermill notebooks, which log to a SQLite MLflow store.
+
+Runs on a reduced default (2 runs x 2 epochs) in a temporary copy of the repository.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import REPO, tiny_params, write_params
+
+pytestmark = pytest.mark.e2e
+RUNS = ("digits-ms", "digits-ms-tcm")
+
+
+def _sh(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
+    return out
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A fresh copy of the working tree (tracked and new files), without generated results."""
+    dest = tmp_path_factory.mktemp("project")
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if not src.is_file() or rel == "dvc.lock" or rel.startswith(("runs/", "reports/", "benchmarks/", "tests/")):
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / rel)
+    (dest / "reports/notebooks").mkdir(parents=True)
+    (dest / "reports/notebooks/.gitkeep").touch()
+    write_params(dest / "params.yaml", tiny_params(RUNS, mlflow=True))
+    _sh(["git", "init", "-q"], dest)
+    _sh(["git", "add", "-A"], dest)
+    _sh(["git", "commit", "-qm", "baseline"], dest)
+    first = _sh(["dvc", "repro"], dest)
+    (dest / "first_repro.log").write_text(first.stdout)
+    return dest
+
+
+def _mlflow_runs(project: Path) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tcm-default")
+    return client, client.search_runs([exp.experiment_id]) if exp else []
+
+
+def test_cold_repro_writes_every_result(project: Path) -> None:
+    log = (project / "first_repro.log").read_text()
+    for stage in ("validate", "data@digits", *(f"{s}@{r}" for s in ("train", "evaluate") for r in RUNS), "report"):
+        assert f"Running stage '{stage}'" in log
+    for run in RUNS:
+        d = project / "runs" / run
+        assert len(pd.read_csv(d / "history.csv")) == 2
+        m = json.loads((d / "metrics.json").read_text())
+        assert {"recall_at_k", "map_at_r", "opis", "eps_opis"} <= set(m)
+        assert (d / "checkpoint.pt").is_file() and (d / "embeddings.npz").is_file()
+        assert (project / f"reports/notebooks/train-{run}.ipynb").is_file()
+    table = pd.read_csv(project / "reports/tables/tcm_comparison.csv")
+    assert list(table["run (with TCM)"]) == ["digits-ms-tcm"] and "OPIS change %" in table
+    assert (project / "reports/tables/tcm_comparison.md").read_text().startswith("|")
+    figures = {p.name for p in (project / "reports/figures").glob("*.png")}
+    assert {"opis_vs_recall.png", "training_curves.png", "utility_digits_small_cnn_multi_similarity.png"} <= figures
+    readme = (project / "reports/README.md").read_text()
+    assert "far_range" not in readme and "[0.01, 0.1]" in readme  # settings are stated in words
+    for f in figures:
+        assert f"figures/{f}" in readme
+    executed = json.loads((project / "reports/notebooks/report.ipynb").read_text())
+    assert executed["metadata"]["papermill"]["exception"] is None
+
+
+def test_mlflow_has_one_run_per_configuration_with_everything(project: Path) -> None:
+    client, runs = _mlflow_runs(project)
+    assert sorted(r.info.run_name for r in runs) == sorted(RUNS)
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        assert r.data.params["loss.name"] == "multi_similarity"
+        assert r.data.params["tcm.enabled"] == str(r.info.run_name.endswith("-tcm"))
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "train.loss")] == [1, 2]
+        assert 0 <= r.data.metrics["test.opis"] and 0 <= r.data.metrics["test.recall_at_k.1"] <= 1
+        assert r.data.tags["git_commit"] != "unknown" and r.data.tags["stage"] == "report"
+        artifacts = {a.path for d in ("notebooks", "figures", "config") for a in client.list_artifacts(r.info.run_id, d)}
+        assert f"notebooks/train-{r.info.run_name}.ipynb" in artifacts
+        assert "figures/opis_vs_recall.png" in artifacts and "config/run.json" in artifacts
+    assert not (project / "mlruns").exists()
+
+
+def test_second_repro_runs_nothing(project: Path) -> None:
+    out = _sh(["dvc", "repro"], project).stdout
+    assert "Running stage" not in out, out
+
+
+def test_changing_one_run_reruns_only_that_run(project: Path) -> None:
+    out = _sh(["dvc", "exp", "run", "-S", "+runs.digits-ms-tcm.train.epochs=3"], project).stdout
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"validate", "train@digits-ms-tcm", "evaluate@digits-ms-tcm", "report"}, out
+    assert len(pd.read_csv(project / "runs/digits-ms-tcm/history.csv")) == 3
+    metrics = _sh(["dvc", "metrics", "show", "--json"], project).stdout
+    assert "digits-ms-tcm" in metrics
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        ("runs:\n  digits-ms:\n    dataset: digits\n    loss: {name: multi_similarity}\n    trian: {epochs: 1}\n",
+         "runs.digits-ms.trian"),
+        ("evaluation:\n  opis:\n    eps: -0.1\n", "evaluation.opis.eps"),
+    ],
+)
+def test_bad_params_fail_fast_and_change_nothing(project: Path, edit: str, key: str) -> None:
+    import yaml
+
+    good = (project / "params.yaml").read_text()
+    bad = yaml.safe_load(good)
+    for section, value in yaml.safe_load(edit).items():
+        bad[section] = {**bad[section], **value} if section == "runs" else {**bad[section], "opis": value["opis"]}
+    before_reports, before_db = _tree_digest(project / "reports"), _tree_digest(project)["mlflow.db"]
+    _, runs_before = _mlflow_runs(project)
+    try:
+        write_params(project / "params.yaml", bad)
+        out = _sh(["dvc", "repro"], project, check=False)
+        assert out.returncode != 0
+        assert key in out.stdout + out.stderr
+        assert "Running stage 'validate'" in out.stdout and "Running stage 'data" not in out.stdout
+    finally:
+        (project / "params.yaml").write_text(good)
+    assert _tree_digest(project / "reports") == before_reports
+    assert _tree_digest(project)["mlflow.db"] == before_db
+    assert len(_mlflow_runs(project)[1]) == len(runs_before)
