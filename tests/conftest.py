@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+E2E_RUNS = ("digits-ms", "digits-ms-tcm")
 
 
 def repo_params() -> dict:
@@ -31,3 +37,41 @@ def write_params(path: Path, params: dict) -> Path:
 @pytest.fixture
 def tiny_params_file(tmp_path: Path) -> Path:
     return write_params(tmp_path / "params.yaml", tiny_params())
+
+
+def run_command(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
+    return out
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory) -> Path:
+    """A fresh copy of the working tree (tracked and new files), without generated results."""
+    dest = tmp_path_factory.mktemp("project")
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if not src.is_file() or rel == "dvc.lock" or rel.startswith(("runs/", "reports/", "benchmarks/", "tests/")):
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / rel)
+    (dest / "reports/notebooks").mkdir(parents=True)
+    (dest / "reports/notebooks/.gitkeep").touch()
+    write_params(dest / "params.yaml", tiny_params(E2E_RUNS, mlflow=True))
+    run_command(["git", "init", "-q"], dest)
+    run_command(["git", "add", "-A"], dest)
+    run_command(["git", "commit", "-qm", "baseline"], dest)
+    first = run_command(["dvc", "repro"], dest)
+    (dest / "first_repro.log").write_text(first.stdout)
+    return dest

@@ -5,59 +5,18 @@ Runs on a reduced default (2 runs x 2 epochs) in a temporary copy of the reposit
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import REPO, tiny_params, write_params
+from conftest import E2E_RUNS as RUNS
+from conftest import run_command as _sh
+from conftest import tree_digest as _tree_digest
+from conftest import write_params
 
 pytestmark = pytest.mark.e2e
-RUNS = ("digits-ms", "digits-ms-tcm")
-
-
-def _sh(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
-    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and out.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
-    return out
-
-
-def _tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """A fresh copy of the working tree (tracked and new files), without generated results."""
-    dest = tmp_path_factory.mktemp("project")
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
-    for rel in filter(None, files):
-        src = REPO / rel
-        if not src.is_file() or rel == "dvc.lock" or rel.startswith(("runs/", "reports/", "benchmarks/", "tests/")):
-            continue
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dest / rel)
-    (dest / "reports/notebooks").mkdir(parents=True)
-    (dest / "reports/notebooks/.gitkeep").touch()
-    write_params(dest / "params.yaml", tiny_params(RUNS, mlflow=True))
-    _sh(["git", "init", "-q"], dest)
-    _sh(["git", "add", "-A"], dest)
-    _sh(["git", "commit", "-qm", "baseline"], dest)
-    first = _sh(["dvc", "repro"], dest)
-    (dest / "first_repro.log").write_text(first.stdout)
-    return dest
 
 
 def _mlflow_runs(project: Path) -> list:
@@ -90,6 +49,10 @@ def test_cold_repro_writes_every_result(project: Path) -> None:
         assert f"figures/{f}" in readme
     executed = json.loads((project / "reports/notebooks/report.ipynb").read_text())
     assert executed["metadata"]["papermill"]["exception"] is None
+    train_nb = json.loads((project / "reports/notebooks/train-digits-ms.ipynb").read_text())
+    assert train_nb["cells"][1]["source"][0].startswith("params_path")  # the parameters cell ...
+    assert any("injected-parameters" in c["metadata"].get("tags", []) for c in train_nb["cells"])  # ... overridden
+    assert any("image/png" in o.get("data", {}) for c in train_nb["cells"] for o in c.get("outputs", []))
 
 
 def test_mlflow_has_one_run_per_configuration_with_everything(project: Path) -> None:
@@ -150,3 +113,15 @@ def test_bad_params_fail_fast_and_change_nothing(project: Path, edit: str, key: 
     assert _tree_digest(project / "reports") == before_reports
     assert _tree_digest(project)["mlflow.db"] == before_db
     assert len(_mlflow_runs(project)[1]) == len(runs_before)
+
+
+def test_explore_notebook_runs_on_a_run_given_by_its_mlflow_id(project: Path) -> None:
+    client, runs = _mlflow_runs(project)
+    run_id = next(r.info.run_id for r in runs if r.info.run_name == "digits-ms")
+    out = project / "explore.ipynb"
+    _sh(["papermill", "notebooks/explore_run.ipynb", str(out), "-k", "python3", "-p", "run", run_id], project)
+    nb = json.loads(out.read_text())
+    outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2  # neighbour grid + utility curves
+    text = json.dumps(outputs)
+    assert "share_of_opis" in text and "target FAR" in text

@@ -2,8 +2,12 @@
 
     tcm check-params [--params params.yaml] [--stamp FILE]
     tcm data prepare NAME            (NAME: a key of `datasets` in params.yaml)
+    tcm data prepare DATASET --root DIR --out DIR [--allow-nonstandard-counts] [--verify full] [--download]
+                                     (DATASET: cub | cars196 | sop | inat2018 | mnist | sklearn_digits)
+    tcm data preprocess (NAME | --in DIR) [--out DIR] [--short-side 256]
     tcm train RUN
     tcm evaluate --run RUN
+    tcm evaluate EMBEDDINGS LABELS --out metrics.json [--k 1 2 4 8] [--curves curves.csv] [...]
     tcm report
 
 Errors the user can fix (bad params, missing data) print one line and exit 2, no traceback.
@@ -25,6 +29,13 @@ def _params_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def cmd_check_params(args: argparse.Namespace) -> int:
     load_config(args.params)
     if args.stamp:
@@ -36,12 +47,73 @@ def cmd_check_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_target(args: argparse.Namespace):
+    """(DatasetConfig, output folder) for `data prepare`: a params.yaml data set, or a source given on the
+    command line (`--root`/`--out`, or NAME is a source name that params.yaml does not define)."""
+    from pydantic import ValidationError
+
+    from tcm.config import DATASET_SOURCES, DatasetConfig
+
+    overrides = {k: v for k, v in (("allow_nonstandard_counts", args.allow_nonstandard_counts or None),
+                                   ("verify", args.verify), ("download", args.download or None),
+                                   ("workers", args.workers)) if v is not None}
+    if args.root is None and args.out is None:
+        try:
+            cfg = load_config(args.params)
+        except ConfigError:
+            # No params file at all is fine for a source name; a broken one is reported as such.
+            if args.name not in DATASET_SOURCES or Path(args.params).exists():
+                raise
+        else:
+            if args.name in cfg.datasets or args.name not in DATASET_SOURCES:
+                return cfg.dataset(args.name).model_copy(update=overrides), cfg.data_dir(args.name)
+    if args.name not in DATASET_SOURCES:
+        raise ConfigError(f"data prepare: with --root/--out, DATASET must be one of {list(DATASET_SOURCES)}, "
+                          f"but got {args.name!r}")
+    fields = {"source": args.name, "root": args.root, **overrides}
+    if args.name in ("sklearn_digits", "mnist"):
+        fields["train_classes"] = [0, 1, 2, 3, 4]  # the open-world default: digits 0-4 train, 5-9 test
+    try:
+        ds = DatasetConfig.model_validate(fields)
+    except ValidationError as e:
+        raise ConfigError("; ".join(f"data prepare: {err['msg'].removeprefix('Value error, ')}"
+                                    for err in e.errors())) from None
+    return ds, Path(args.out) if args.out else Path("data") / args.name
+
+
+def _summary(manifest: Path) -> str:
+    import json
+
+    info = json.loads((manifest.parent / "dataset.json").read_text())
+    c = info["counts"]
+    return (f"train {c['train']['images']:,} images / {c['train']['classes']:,} classes, test {c['test']['images']:,} "
+            f"images / {c['test']['classes']:,} classes; source: {info['source']}")
+
+
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from tcm.data import prepare
 
-    cfg = load_config(args.params)
-    out = prepare(cfg.dataset(args.name), cfg.data_dir(args.name))
-    print(f"wrote {out}")
+    ds, out_dir = _prepare_target(args)
+    out = prepare(ds, out_dir)
+    print(f"wrote {out} ({_summary(out)})")
+    return 0
+
+
+def cmd_data_preprocess(args: argparse.Namespace) -> int:
+    from tcm.data.preprocess import preprocess_manifest
+
+    if (args.name is None) == (args.in_dir is None):
+        raise ConfigError("data preprocess: give either NAME (a data set of params.yaml) or --in DIR")
+    if args.in_dir is not None:
+        src = Path(args.in_dir)
+        out_dir = Path(args.out) if args.out else src.with_name(f"{src.name}-s{args.short_side}")
+    else:
+        cfg = load_config(args.params)
+        cfg.dataset(args.name)  # an unknown name is a ConfigError listing the data sets
+        src = cfg.data_dir(args.name)
+        out_dir = Path(args.out) if args.out else cfg.data_dir(f"{args.name}-s{args.short_side}")
+    out = preprocess_manifest(src, out_dir, short_side=args.short_side, quality=args.quality, workers=args.workers)
+    print(f"wrote {out} ({_summary(out)})")
     return 0
 
 
@@ -55,6 +127,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    # Two exclusive forms: a run of params.yaml (the pipeline stage) or any saved embeddings.
+    if args.run and args.embeddings:
+        raise ConfigError("evaluate: give either --run RUN or EMBEDDINGS LABELS, not both")
+    if not args.run:
+        if not args.embeddings:
+            raise ConfigError("evaluate: give --run RUN, or EMBEDDINGS LABELS --out metrics.json")
+        from tcm import evaluate_files
+
+        return evaluate_files.run(args)
     from tcm import evaluate
 
     cfg = load_config(args.params)
@@ -72,6 +153,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from tcm import profiles
+
+    if args.name is None:
+        print("\n".join(profiles.available(Path(args.profiles))))
+        return 0
+    out = profiles.activate(args.name, args.profiles, args.out)
+    print(f"{out}: profile {args.name!r} is active; run `dvc repro`")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tcm", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,24 +174,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check_params)
 
     data = sub.add_parser("data", help="data sets").add_subparsers(dest="data_command", required=True)
-    p = data.add_parser("prepare", help="write data/NAME/manifest.csv for a data set of params.yaml")
-    p.add_argument("name")
+    p = data.add_parser("prepare", help="write data/NAME/manifest.csv for a data set of params.yaml, or "
+                        "verify a benchmark (cub, cars196, sop, inat2018) under --root and write --out/manifest.csv")
+    p.add_argument("name", help="a key of datasets in params.yaml, or a source: cub, cars196, sop, inat2018, mnist")
+    p.add_argument("--root", help="folder holding the official files as extracted, or its parent")
+    p.add_argument("--out", help="output folder for manifest.csv and dataset.json (default: data/NAME)")
+    p.add_argument("--allow-nonstandard-counts", action="store_true",
+                   help="accept split sizes other than the standard ones (subsets, tiny copies)")
+    p.add_argument("--verify", choices=("exists", "full"), default=None,
+                   help="exists: every file is there and non-empty (default); full: also decode every image")
+    p.add_argument("--download", action="store_true",
+                   help="download into --root where a stable public address exists (CUB-200-2011)")
+    p.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: all cores)")
     _params_arg(p)
     p.set_defaults(func=cmd_data_prepare)
+
+    p = data.add_parser("preprocess", help="re-encode a prepared data set's images to a short side (JPEG)")
+    p.add_argument("name", nargs="?", help="a key of datasets in params.yaml (input data/NAME, output "
+                   "data/NAME-s<short side>)")
+    p.add_argument("--in", dest="in_dir", help="a prepared data folder (manifest.csv + dataset.json) instead of NAME")
+    p.add_argument("--out", help="output folder (default: the input folder's name + -s<short side>)")
+    p.add_argument("--short-side", type=_positive_int, default=256, help="target short side in pixels (default 256)")
+    p.add_argument("--quality", type=_positive_int, default=90, help="JPEG quality (default 90)")
+    p.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: all cores)")
+    _params_arg(p)
+    p.set_defaults(func=cmd_data_preprocess)
 
     p = sub.add_parser("train", help="train one run of params.yaml")
     p.add_argument("run")
     _params_arg(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="embed the test split of a trained run and compute metrics")
-    p.add_argument("--run", required=True)
+    p = sub.add_parser("evaluate", help="metrics of a trained run (--run) or of saved embeddings (EMBEDDINGS LABELS)")
+    p.add_argument("--run", help="embed the test split of this run of params.yaml and write runs/RUN/metrics.json")
+    from tcm.evaluate_files import add_arguments
+
+    add_arguments(p)
     _params_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", help="tables and figures under reports/")
     _params_arg(p)
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("profile", help="make a profile of profiles/ the active params.yaml (no NAME: list them)")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--profiles", default="profiles", help="folder of profiles (default: profiles)")
+    p.add_argument("--out", default="params.yaml", help="params file to write (default: params.yaml)")
+    p.set_defaults(func=cmd_profile)
     return parser
 
 

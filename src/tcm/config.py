@@ -30,18 +30,34 @@ from pydantic import (
 )
 
 DATASET_SOURCES = ("sklearn_digits", "mnist", "cub", "cars196", "sop", "inat2018")
-BACKBONES = ("small_cnn", "resnet50", "vit_b_16")
-# Base losses by params name -> pytorch-metric-learning class name (see tcm.losses.registry).
+BACKBONES = ("small_cnn", "resnet50", "vit_b_16", "vit_tiny")  # vit_tiny: 32 px, for smoke runs
+# Base losses by params name -> pytorch-metric-learning class name, or "module:Class" for a loss of
+# ours (see tcm.losses.registry). Smooth-AP is ours: pml's SmoothAPLoss mis-groups positives when m
+# differs from the number of classes in the batch, and needs O(batch^3) memory (tests/test_losses.py).
 BASE_LOSSES = {
     "multi_similarity": "MultiSimilarityLoss",
     "proxy_anchor": "ProxyAnchorLoss",
-    "smooth_ap": "SmoothAPLoss",
+    "smooth_ap": "tcm.losses.ranking:SmoothAP",
+    "rs_at_k": "tcm.losses.recall_at_k:RecallAtKSurrogate",
     "contrastive": "ContrastiveLoss",
     "triplet": "TripletMarginLoss",
 }
 # Constructor arguments that the registry fills in itself, so params must not set them.
 _LOSS_ARGS_SET_BY_CODE = {"num_classes", "embedding_size", "distance", "reducer", "embedding_regularizer",
                           "embedding_reg_weight", "collect_stats"}
+
+
+def loss_class(name: str) -> type:
+    """The class behind base loss ``name`` of :data:`BASE_LOSSES` (imported lazily)."""
+    target = BASE_LOSSES[name]
+    if ":" in target:
+        import importlib
+
+        module, cls = target.split(":")
+        return getattr(importlib.import_module(module), cls)
+    import pytorch_metric_learning.losses as pml_losses
+
+    return getattr(pml_losses, target)
 
 
 class ConfigError(ValueError):
@@ -52,8 +68,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SyntheticConfig(_Strict):
+    """A tiny generated copy of a benchmark in its real format (the `smoke` profile)."""
+
+    n_classes: PositiveInt = 8  # even: the lower half trains
+    per_class: PositiveInt = 6
+    size: tuple[PositiveInt, PositiveInt] = (64, 48)  # width, height of each JPEG
+    seed: NonNegativeInt = 0
+
+
 class DatasetConfig(_Strict):
     source: Literal[DATASET_SOURCES]  # type: ignore[valid-type]
+    # Benchmarks only: generate a tiny copy under data/<name>/source and parse it with the real parser
+    # (counts are then non-standard by design).
+    synthetic: SyntheticConfig | None = None
     # Folder holding the official files as extracted (benchmarks only; digits ship with sklearn).
     root: Path | None = None
     # Open-world split for digits/MNIST: these classes train, the rest test.
@@ -65,9 +93,24 @@ class DatasetConfig(_Strict):
     hflip: bool = True
     # Waive the standard per-split image/class counts (subsets, tiny test copies).
     allow_nonstandard_counts: bool = False
+    # Benchmarks: 'exists' = every listed file is there and non-empty; 'full' also decodes every image.
+    verify: Literal["exists", "full"] = "exists"
+    # Fetch the data set into `root` when it is not there (only where a stable public address exists: CUB).
+    download: bool = False
+    # Re-encode the images to this short side (JPEG) in the data stage; null = train on the originals.
+    preprocess_short_side: PositiveInt | None = None
+    preprocess_quality: int = Field(90, ge=50, le=100)
+    # Worker processes for full verification and preprocessing; null = all CPU cores.
+    workers: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _check(self) -> DatasetConfig:
+        if self.preprocess_short_side is not None and self.preprocess_short_side < self.image_size:
+            raise ValueError(f"preprocess_short_side ({self.preprocess_short_side}) must be >= image_size "
+                             f"({self.image_size}), or the crops would be upsampled")
+        if self.preprocess_short_side is not None and self.source in ("sklearn_digits", "mnist"):
+            raise ValueError(f"preprocess_short_side applies to the benchmarks (cub, cars196, sop, inat2018), "
+                             f"not to source '{self.source}'")
         lo, hi = self.crop_scale
         if not lo <= hi <= 1.0:
             raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, but got {list(self.crop_scale)}")
@@ -89,12 +132,17 @@ class ModelConfig(_Strict):
     pretrained: bool = False
     weights_path: Path | None = None
     freeze_bn: bool = False
+    # ResNet-50 only: global pooling before the head ("gem": generalized mean, as RS@k's netlib.py).
+    pooling: Literal["avg", "gem"] = "avg"
+    # LayerNorm between backbone and linear head (RS@k's netlib.py does this for ResNet-50 and ViT).
+    head_layernorm: bool = False
 
 
 class LossConfig(_Strict):
     name: Literal[tuple(BASE_LOSSES)]  # type: ignore[valid-type]
-    # Keyword arguments of the pytorch-metric-learning class, e.g. {alpha: 2, beta: 50} for multi_similarity.
-    params: dict[str, float | int | bool | str] = Field(default_factory=dict)
+    # Keyword arguments of the loss class, e.g. {alpha: 2, beta: 50} for multi_similarity,
+    # {k_values: [1, 2, 4, 8, 16]} for rs_at_k.
+    params: dict[str, float | int | bool | str | list[float | int]] = Field(default_factory=dict)
     # MultiSimilarityMiner in front of multi_similarity (the paper's recipe pairs them).
     miner: bool = True
     # ProxyAnchor's proxies learn this many times faster than the network (its authors use 100).
@@ -102,9 +150,7 @@ class LossConfig(_Strict):
 
     @model_validator(mode="after")
     def _known_params(self) -> LossConfig:
-        import pytorch_metric_learning.losses as pml_losses
-
-        cls = getattr(pml_losses, BASE_LOSSES[self.name])
+        cls = loss_class(self.name)
         accepted = sorted(set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"} - _LOSS_ARGS_SET_BY_CODE)
         unknown = sorted(set(self.params) - set(accepted))
         if unknown:
@@ -139,7 +185,18 @@ class TrainConfig(_Strict):
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: PositiveFloat = 1e-4
     weight_decay: NonNegativeFloat = 0.0
-    schedule: Literal["constant", "cosine"] = "constant"
+    # constant | cosine (per step, to 0) | step (x lr_gamma at each epoch of lr_milestones, as MultiStepLR)
+    schedule: Literal["constant", "cosine", "step"] = "constant"
+    lr_milestones: list[PositiveInt] = Field(default_factory=list)  # epochs after which lr *= lr_gamma
+    lr_gamma: PositiveFloat = 0.1
+    # First epochs train only the embedding head and the loss's parameters (ProxyAnchor's `--warm`).
+    warmup_epochs: NonNegativeInt = 0
+    clip_grad_value: PositiveFloat | None = None  # clamp each gradient element (ProxyAnchor: 10)
+    # Images per forward pass: a batch larger than this is embedded in chunks without autograd, the
+    # loss is taken on the whole batch, then each chunk is re-run and back-propagated (RS@k's
+    # `bs_base`). null = one forward pass for the whole batch.
+    chunk_size: PositiveInt | None = None
+    compile: bool = False  # torch.compile the model
     seed: NonNegativeInt = 0
     num_workers: NonNegativeInt = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -152,6 +209,10 @@ class TrainConfig(_Strict):
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of m_per_class ({self.m_per_class})"
             )
+        if self.schedule == "step" and not self.lr_milestones:
+            raise ValueError("schedule 'step' needs lr_milestones (epochs after which lr is multiplied by lr_gamma)")
+        if self.lr_milestones != sorted(set(self.lr_milestones)):
+            raise ValueError(f"lr_milestones must be strictly increasing, but got {self.lr_milestones}")
         return self
 
 
@@ -168,6 +229,10 @@ class OpisConfig(_Strict):
     far_range: tuple[PositiveFloat, PositiveFloat] = (1e-2, 1e-1)  # calibration range of overall FAR
     n_thresholds: int = Field(101, ge=2)
     eps: float = Field(0.05, gt=0.0, le=0.5)  # share of best / worst classes for eps-OPIS
+    # OPIS class weights w_i: "uniform" = 1/C (assumed), "positive_pairs" = share of positive pairs.
+    class_weighting: Literal["uniform", "positive_pairs"] = "uniform"
+    # Upper bound on the similarity-histogram bin width: thresholds lie within it of exact quantiles.
+    resolution: float = Field(1e-4, gt=0.0, le=0.01)
 
     @field_validator("far_range")
     @classmethod
@@ -181,7 +246,13 @@ class EvaluationConfig(_Strict):
     batch_size: PositiveInt = 256  # images per forward pass when embedding the test split
     recall_k: list[PositiveInt] = [1, 2, 4, 8]
     opis: OpisConfig = OpisConfig()
-    chunk_size: PositiveInt = 4096  # query rows per similarity chunk
+    # Query rows per similarity chunk; null = from the free memory (at most 512 MiB per chunk).
+    chunk_size: PositiveInt | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # where the similarities are computed
+    # Threshold report: the global threshold with this overall FAR on the test set, and the spread
+    # of per-class FAR / FRR at it (min, median, max, mean of the worst `worst_share` of classes).
+    target_far: float = Field(1e-3, gt=0.0, lt=1.0)
+    worst_share: float = Field(0.05, gt=0.0, le=1.0)
 
 
 class MlflowConfig(_Strict):
@@ -266,19 +337,22 @@ def _has_path(d: Any, keys: tuple) -> bool:
 def _accepted_keys(model: type[BaseModel], loc: tuple) -> list[str] | None:
     """Field names accepted at ``loc`` (the parent of an unknown key), walking nested models."""
     cls: Any = model
+    skip_key = False  # the next part is a user key of a dict[str, Model] (a run or dataset name)
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) or skip_key:
+            skip_key = False
             continue
-        if isinstance(cls, type) and issubclass(cls, BaseModel):
-            field = cls.model_fields.get(part)
-            if field is None:
-                return None
-            cls = field.annotation
-            # dict[str, Model] and Optional[Model]: take the model out of the annotation.
-            for arg in getattr(cls, "__args__", ()) or ():
-                if isinstance(arg, type) and issubclass(arg, BaseModel):
-                    cls = arg
-        # a key of dict[str, Model]: stay on the model
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+            return None
+        field = cls.model_fields.get(part)
+        if field is None:
+            return None
+        cls = field.annotation
+        skip_key = getattr(cls, "__origin__", None) is dict
+        # dict[str, Model] and Optional[Model]: take the model out of the annotation.
+        for arg in getattr(cls, "__args__", ()) or ():
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                cls = arg
     if isinstance(cls, type) and issubclass(cls, BaseModel):
         return sorted(f for f in cls.model_fields if f != "base_dir")
     return None
@@ -320,6 +394,10 @@ def parse_config(raw: Any, source: str = "params.yaml", base_dir: Path | str = "
     for name, run in runs.items():
         if not isinstance(run, dict):
             raise ConfigError(f"{source}: runs.{name}: expected a mapping, but got {run!r}")
+        if "dataset" not in run:
+            # dvc.yaml wires each run to its data with ${item.dataset}, which sees only the run's own entry.
+            raise ConfigError(f"{source}: runs.{name}.dataset: required in each run (not only in run_defaults); "
+                              f"datasets defined: {sorted(raw.get('datasets') or {})}")
         merged["runs"][name] = deep_merge(defaults, run)
     merged["base_dir"] = Path(base_dir)
     try:

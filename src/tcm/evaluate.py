@@ -1,5 +1,6 @@
 """Evaluation: ``run(cfg, name)`` embeds the test split of a trained run and writes
-``runs/<name>/metrics.json``, ``embeddings.npz`` and ``curves.csv`` (per-class utility curves)."""
+``runs/<name>/metrics.json`` (retrieval metrics, OPIS, eps-OPIS and the threshold report, from the
+chunked metrics of ``tcm.metrics``), ``embeddings.npz`` and ``curves.csv`` (per-class utility curves)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -17,7 +17,8 @@ from tcm.config import Config
 from tcm.data import ManifestDataset, read_manifest
 from tcm.data.transforms import test_transform
 from tcm.io import atomic_path, write_json
-from tcm.metrics import UtilityCurves, all_metrics
+from tcm.metrics import all_metrics
+from tcm.metrics.opis import curves_table  # noqa: F401  (kept importable from tcm.evaluate)
 from tcm.tracking import Tracker
 from tcm.train import RUN_INFO, load_trained, pick_device
 
@@ -36,16 +37,6 @@ def embed(model: torch.nn.Module, dataset: ManifestDataset, batch_size: int, dev
     return torch.cat(chunks).numpy()
 
 
-def curves_table(curves: UtilityCurves) -> pd.DataFrame:
-    """Long format: one row per (class, threshold); the pooled curve has class 'overall'."""
-    t = curves.thresholds
-    frames = [pd.DataFrame({"class": "overall", "threshold": t, "tpr": curves.overall_tpr,
-                            "tnr": curves.overall_tnr, "utility": curves.overall_utility})]
-    for c, tpr, tnr, u in zip(curves.classes, curves.class_tpr, curves.class_tnr, curves.class_utility):
-        frames.append(pd.DataFrame({"class": str(c), "threshold": t, "tpr": tpr, "tnr": tnr, "utility": u}))
-    return pd.concat(frames, ignore_index=True)
-
-
 def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool = True) -> dict:
     run_cfg = cfg.run(name)
     out = cfg.run_dir(name)
@@ -54,7 +45,7 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
     manifest = read_manifest(cfg.data_dir(run_cfg.dataset))
     dataset = ManifestDataset(manifest, "test", test_transform(cfg.dataset(run_cfg.dataset)))
     emb = embed(model, dataset, cfg.evaluation.batch_size, device, progress, run_cfg.train.num_workers)
-    metrics, curves = all_metrics(emb, dataset.labels, cfg.evaluation)
+    metrics, curves = all_metrics(emb, dataset.labels, cfg.evaluation, progress)
     metrics["run"] = name
 
     with atomic_path(out / EMBEDDINGS) as tmp:

@@ -30,6 +30,18 @@ def _small_cnn() -> tuple[nn.Module, int]:
     return net, 64
 
 
+class GeM(nn.Module):
+    """Generalized-mean pooling with a learnable exponent p (p=1: average, p->inf: max)."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.ones(1) * p)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(min=self.eps).pow(self.p).mean(dim=(-2, -1), keepdim=True).pow(1.0 / self.p)
+
+
 def _resnet50() -> tuple[nn.Module, int]:
     from torchvision.models import resnet50
 
@@ -48,10 +60,21 @@ def _vit_b_16() -> tuple[nn.Module, int]:
     return net, dim
 
 
+def _vit_tiny() -> tuple[nn.Module, int]:
+    """A 2-layer ViT on 32 px images: stands in for ViT-B/16 where the `smoke` profile runs the
+    paper's matrix on CPU in minutes (same torchvision class, so the same code path)."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    net = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64)
+    net.heads = nn.Identity()
+    return net, 32
+
+
 BACKBONES: dict[str, Callable[[], tuple[nn.Module, int]]] = {
     "small_cnn": _small_cnn,
     "resnet50": _resnet50,
     "vit_b_16": _vit_b_16,
+    "vit_tiny": _vit_tiny,
 }
 # torchvision's ImageNet weights for each backbone (downloaded into the torch hub cache when online).
 TORCHVISION_WEIGHTS = {"resnet50": "ResNet50_Weights.IMAGENET1K_V2", "vit_b_16": "ViT_B_16_Weights.IMAGENET1K_V1"}
@@ -92,11 +115,21 @@ class EmbeddingNet(nn.Module):
         self.backbone, dim = BACKBONES[cfg.backbone]()
         if cfg.pretrained or cfg.weights_path is not None:
             _load_pretrained(cfg.backbone, self.backbone, cfg)
+        if cfg.pooling == "gem":
+            if not hasattr(self.backbone, "avgpool"):
+                raise ValueError(f"model.pooling: 'gem' needs a CNN backbone with global pooling (resnet50), "
+                                 f"not {cfg.backbone!r}")
+            self.backbone.avgpool = GeM()
+        self.neck = nn.LayerNorm(dim) if cfg.head_layernorm else nn.Identity()
         self.head = nn.Linear(dim, cfg.embedding_dim)
         self.freeze_bn = cfg.freeze_bn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.head(self.backbone(x)).float(), dim=-1)
+        return F.normalize(self.head(self.neck(self.backbone(x))).float(), dim=-1)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Parameters that train during the warm-up epochs: the layers after the backbone."""
+        return [*self.neck.parameters(), *self.head.parameters()]
 
     def train(self, mode: bool = True) -> EmbeddingNet:
         super().train(mode)
@@ -112,3 +145,15 @@ class EmbeddingNet(nn.Module):
 
 def build_model(cfg: ModelConfig) -> EmbeddingNet:
     return EmbeddingNet(cfg)
+
+
+def structure_signature(*modules: nn.Module) -> str:
+    """A digest of the names, shapes and dtypes of the modules' states: changes whenever a saved
+    state_dict would no longer load (another architecture, head size, pooling ...)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for i, m in enumerate(modules):
+        for k, v in m.state_dict().items():
+            h.update(f"{i}:{k}:{tuple(v.shape)}:{v.dtype};".encode())
+    return h.hexdigest()[:16]

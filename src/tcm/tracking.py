@@ -63,10 +63,12 @@ class Tracker:
                 _NOTICE_SHOWN = True
             return
         uri, artifacts = store_uris(cfg)
+        # The kind tag makes the MLflow UI open the experiment on its training-runs table.
         self.client = MlflowClient(tracking_uri=uri)
         exp = self.client.get_experiment_by_name(cfg.mlflow.experiment)
         self.experiment_id = (exp.experiment_id if exp is not None else
-                              self.client.create_experiment(cfg.mlflow.experiment, artifact_location=artifacts))
+                              self.client.create_experiment(cfg.mlflow.experiment, artifact_location=artifacts,
+                                                            tags={"mlflow.experimentKind": "custom_model_development"}))
 
     @property
     def enabled(self) -> bool:

@@ -1,23 +1,36 @@
 """Training: ``run(cfg, name)`` -> ``runs/<name>/`` with checkpoint.pt, history.csv and run.json.
 
 The loop reads top to bottom: m-per-class batches -> embeddings -> base loss + TCM -> step.
-A checkpoint is written atomically after every epoch; calling ``run`` again after an
-interruption resumes from it when the run's settings are unchanged.
+A checkpoint is written atomically after every epoch (and once before the first, so that the
+MLflow run is known); calling ``run`` again after an interruption resumes from it when the run's
+settings and the model's structure are unchanged, and draws exactly the batches an uninterrupted
+run would (seeded per epoch), so the result is bit-identical on CPU.
+
+Under ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel; each process
+draws its own m-per-class batch of batch_size / world_size images (seeded by its rank) and rank 0
+alone writes checkpoints, history and MLflow.
+
+Large batches (RS@k and Smooth-AP use 4000) fit in memory with ``train.chunk_size``: see
+:func:`train_step`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import random
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -25,8 +38,8 @@ from tcm.config import Config, ConfigError, RunConfig, resolved_run
 from tcm.data import ManifestDataset, read_manifest
 from tcm.data.transforms import train_transform
 from tcm.io import atomic_path, write_json
-from tcm.losses import build_criterion
-from tcm.models import build_model
+from tcm.losses import Criterion, build_criterion
+from tcm.models import build_model, structure_signature
 from tcm.tracking import Tracker
 
 CHECKPOINT, HISTORY, RUN_INFO = "checkpoint.pt", "history.csv", "run.json"
@@ -36,6 +49,14 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class NonFiniteLoss(ArithmeticError):
+    """Raised by :func:`train_step` before any parameter changes; ``value`` is the loss."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__(f"loss is {value}")
+        self.value = value
+
+
 @dataclass(frozen=True)
 class TrainResult:
     run_dir: Path
@@ -43,10 +64,47 @@ class TrainResult:
     mlflow_run_id: str | None
 
 
-def pick_device(setting: str) -> torch.device:
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a torchrun job (world_size 1 without torchrun)."""
+
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(setting: str, local_rank: int = 0) -> torch.device:
     if setting == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device: 'cuda' was requested but no CUDA device is available; use 'auto' or 'cpu'")
-    return torch.device("cuda" if setting in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    if setting in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init_distributed(device_setting: str) -> tuple[Dist, bool]:
+    """Join the torchrun process group if WORLD_SIZE > 1; returns (dist, whether we created it)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(), False
+    import torch.distributed as dist
+
+    d = Dist(world, int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")))
+    created = False
+    if not dist.is_initialized():
+        use_cuda = device_setting != "cpu" and torch.cuda.is_available()
+        if use_cuda:
+            torch.cuda.set_device(d.local_rank)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        created = True
+    return d, created
 
 
 def seed_everything(seed: int) -> None:
@@ -56,27 +114,52 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    # Rank 0 (and a single process) keeps the seeds of earlier versions; other ranks draw other batches.
+    return (seed * 100_003 + epoch + rank * 1_000_003) % 2**32
+
+
 def config_hash(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def make_loader(dataset: ManifestDataset, run: RunConfig, name: str, device: torch.device) -> DataLoader:
+def _m_per_class_sampler(labels: np.ndarray, m: int, batch_size: int, length: int):
     from pytorch_metric_learning.samplers import MPerClassSampler
 
+    class EpochMPerClassSampler(MPerClassSampler):
+        """pytorch-metric-learning's sampler shuffles its list of classes in place, so an epoch's
+        batches would depend on all earlier epochs; starting each epoch from the same order makes
+        them depend on the epoch's seed alone (a resumed run draws the batches of an uninterrupted one)."""
+
+        def __iter__(self):
+            self.labels = list(self._initial_labels)
+            return super().__iter__()
+
+    sampler = EpochMPerClassSampler(labels, m=m, batch_size=batch_size, length_before_new_iter=length)
+    sampler._initial_labels = list(sampler.labels)
+    return sampler
+
+
+def make_loader(dataset: ManifestDataset, run: RunConfig, name: str, device: torch.device,
+                world_size: int = 1) -> DataLoader:
+    """m-per-class batches of batch_size / world_size images for this process."""
     t = run.train
+    if t.batch_size % (world_size * t.m_per_class):
+        raise ConfigError(f"runs.{name}.train.batch_size: {t.batch_size} must split into {world_size} processes "
+                          f"of whole classes of m_per_class={t.m_per_class}")
+    batch = t.batch_size // world_size
     n_classes = len(np.unique(dataset.labels))
-    if t.m_per_class * n_classes < t.batch_size:
+    if t.m_per_class * n_classes < batch:
         raise ConfigError(
-            f"runs.{name}.train.batch_size: {t.batch_size} needs at least {t.batch_size // t.m_per_class} train classes "
+            f"runs.{name}.train.batch_size: {t.batch_size} needs at least {batch // t.m_per_class} train classes "
             f"at m_per_class={t.m_per_class}, but the train split has {n_classes}; lower batch_size or raise m_per_class")
-    length = t.samples_per_epoch or len(dataset)
-    sampler = MPerClassSampler(dataset.labels, m=t.m_per_class, batch_size=t.batch_size,
-                               length_before_new_iter=max(length, t.batch_size))
-    return DataLoader(dataset, batch_size=t.batch_size, sampler=sampler, drop_last=True, num_workers=t.num_workers,
+    length = (t.samples_per_epoch or len(dataset)) // world_size
+    sampler = _m_per_class_sampler(dataset.labels, t.m_per_class, batch, max(length, batch))
+    return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True, num_workers=t.num_workers,
                       pin_memory=device.type == "cuda", persistent_workers=t.num_workers > 0)
 
 
-def make_optimizer(run: RunConfig, model: torch.nn.Module, loss_params: list) -> torch.optim.Optimizer:
+def make_optimizer(run: RunConfig, model: nn.Module, loss_params: list) -> torch.optim.Optimizer:
     t = run.train
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": t.lr}]
     if loss_params:  # ProxyAnchor's proxies get their own, faster learning rate
@@ -87,25 +170,203 @@ def make_optimizer(run: RunConfig, model: torch.nn.Module, loss_params: list) ->
     return cls(groups, lr=t.lr, weight_decay=t.weight_decay)
 
 
+def make_scheduler(run: RunConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """Stepped once per batch. 'step' multiplies lr by lr_gamma after each epoch in lr_milestones,
+    as torch's MultiStepLR stepped per epoch in the reference recipes."""
+    t = run.train
+    if t.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs * steps_per_epoch)
+    if t.schedule == "step":
+        milestones, gamma = list(t.lr_milestones), t.lr_gamma
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: gamma ** sum(m <= s // steps_per_epoch for m in milestones))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def _bn_buffers(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(buffer, saved copy) of every BatchNorm running statistic that a train-mode forward updates."""
+    out = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats:
+            for b in (m.running_mean, m.running_var, m.num_batches_tracked):
+                if b is not None:
+                    out.append((b, b.detach().clone()))
+    return out
+
+
+def _has_dropout(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
+
+
+def _rng_state(device: torch.device) -> tuple:
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def _set_rng_state(state: tuple, device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def train_step(model: nn.Module, criterion: Criterion, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+               y: torch.Tensor, *, autocast: bool = False, chunk_size: int | None = None,
+               clip_grad_value: float | None = None, frozen: Sequence[nn.Parameter] = (),
+               world_size: int = 1) -> dict[str, torch.Tensor]:
+    """One optimisation step on batch (x, y); returns the detached loss parts (summed over ranks / world).
+
+    ``model`` may be wrapped (DistributedDataParallel, torch.compile). With ``chunk_size`` smaller
+    than the batch, the step recomputes instead of storing activations:
+
+    1. embed the batch chunk by chunk under ``no_grad`` (BatchNorm running statistics are restored
+       afterwards, so each chunk updates them once, in step 3; dropout's random state is recorded);
+    2. take the loss on the whole batch of detached embeddings, back-propagate it to them
+       (dL/d embedding) and to the loss's own parameters;
+    3. re-run each chunk with autograd and back-propagate its slice of dL/d embedding.
+
+    The gradients equal the plain step's whenever the forward of a sample does not depend on the
+    other samples of its pass: models without BatchNorm (ViT), or BatchNorm in eval mode
+    (``model.freeze_bn``). BatchNorm in train mode normalises each chunk with the chunk's own
+    statistics, as RS@k's reference code (`bs_base` chunks) does. Raises :class:`NonFiniteLoss`
+    before any parameter changes.
+    """
+    import torch.distributed as dist
+
+    device = x.device
+    ddp = isinstance(getattr(model, "_orig_mod", model), nn.parallel.DistributedDataParallel)
+    chunked = chunk_size is not None and len(x) > chunk_size
+    optimizer.zero_grad(set_to_none=True)
+    if not chunked:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            emb = model(x)
+        parts = criterion(emb.float(), y)
+        _check_finite(parts, world_size)
+        parts["loss"].backward()
+    else:
+        inner = getattr(model, "module", model)
+        inner = getattr(inner, "_orig_mod", inner)  # the un-compiled module for the no-grad pass
+        slices = [slice(i, min(i + chunk_size, len(x))) for i in range(0, len(x), chunk_size)]
+        keep_rng = _has_dropout(inner)
+        bn = _bn_buffers(inner)
+        rng_states, chunks = [], []
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            for sl in slices:
+                if keep_rng:
+                    rng_states.append(_rng_state(device))
+                chunks.append(inner(x[sl]).float())
+        for buf, saved in bn:
+            buf.copy_(saved)
+        emb = torch.cat(chunks).requires_grad_(True)
+        parts = criterion(emb, y)
+        _check_finite(parts, world_size)
+        parts["loss"].backward()
+        grad = emb.grad
+        for i, sl in enumerate(slices):
+            if keep_rng:
+                _set_rng_state(rng_states[i], device)
+            last = i == len(slices) - 1
+            sync = contextlib.nullcontext() if (last or not ddp) else model.no_sync()
+            with sync:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    out = model(x[sl])
+                out.float().backward(grad[sl])
+    if world_size > 1:  # the loss's own parameters (proxies) sit outside DDP: average their gradients
+        for p in criterion.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= world_size
+    for p in frozen:  # warm-up: these parameters keep their values (as requires_grad=False would)
+        p.grad = None
+    if clip_grad_value is not None:
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_value_(params, clip_grad_value)
+    optimizer.step()
+    return {k: v.detach() for k, v in parts.items()}
+
+
+def _check_finite(parts: dict[str, torch.Tensor], world_size: int) -> None:
+    if world_size > 1:
+        # Every rank must take the same decision, or the others would wait forever in all_reduce.
+        import torch.distributed as dist
+
+        total = parts["loss"].detach().clone()
+        dist.all_reduce(total)
+        value = total / world_size
+    else:
+        value = parts["loss"].detach()
+    if not torch.isfinite(value):
+        raise NonFiniteLoss(value.item())
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
-def _load_resumable(path: Path, digest: str) -> dict | None:
+def _read_checkpoint(path: Path) -> dict | None:
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    return state if state.get("config_hash") == digest else None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or foreign file
+        print(f"tcm: cannot read {path} ({type(e).__name__}); training from scratch", file=sys.stderr)
+        return None
+
+
+@dataclass
+class _Parts:
+    model: nn.Module
+    criterion: Criterion
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+
+
+def _build(run_cfg: RunConfig, num_classes: int, device: torch.device, steps_per_epoch: int) -> _Parts:
+    seed_everything(run_cfg.train.seed)
+    model = build_model(run_cfg.model).to(device)
+    model.train()  # applies freeze_bn (requires_grad) before the optimizer and DDP see the parameters
+    if device.type == "cuda" and run_cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    criterion = build_criterion(run_cfg.loss, run_cfg.tcm, num_classes, run_cfg.model.embedding_dim)
+    criterion.base.to(device)
+    optimizer = make_optimizer(run_cfg, model, criterion.parameters())
+    return _Parts(model, criterion, optimizer, make_scheduler(run_cfg, optimizer, steps_per_epoch))
+
+
+def _restore(parts: _Parts, state: dict) -> None:
+    parts.model.load_state_dict(state["model"])
+    parts.criterion.base.load_state_dict(state["loss"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    parts.scheduler.load_state_dict(state["scheduler"])
+
+
+def _write_history(out: Path, history: list[dict]) -> None:
+    with atomic_path(out / HISTORY) as tmp:
+        pd.DataFrame(history).to_csv(tmp, index=False)
 
 
 def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool = True) -> TrainResult:
     """Train run ``name`` of ``cfg``; resumes from ``runs/<name>/checkpoint.pt`` when it matches."""
     run_cfg, settings = cfg.run(name), resolved_run(cfg, name)
+    t = run_cfg.train
     ds_cfg = cfg.dataset(run_cfg.dataset)
     out = cfg.run_dir(name)
-    out.mkdir(parents=True, exist_ok=True)
-    digest = config_hash({k: v for k, v in settings.items() if k != "evaluation"})
+    d, created_group = init_distributed(t.device)
+    try:
+        return _run(cfg, name, run_cfg, settings, ds_cfg, out, d, tracker, progress)
+    finally:
+        if created_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _run(cfg: Config, name: str, run_cfg: RunConfig, settings: dict, ds_cfg, out: Path, d: Dist,
+         tracker: Tracker | None, progress: bool) -> TrainResult:
+    t = run_cfg.train
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(f".{CHECKPOINT}.*.tmp"):  # left by a process killed while saving
+            stale.unlink(missing_ok=True)
 
     manifest = read_manifest(cfg.data_dir(run_cfg.dataset))
     dataset = ManifestDataset(manifest, "train", train_transform(ds_cfg))
@@ -113,81 +374,115 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
     classes = np.unique(dataset.labels)
     dataset.labels = np.searchsorted(classes, dataset.labels)
 
-    device = pick_device(run_cfg.train.device)
-    loader = make_loader(dataset, run_cfg, name, device)
-    seed_everything(run_cfg.train.seed)
-    model = build_model(run_cfg.model).to(device)
-    if device.type == "cuda" and run_cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    criterion = build_criterion(run_cfg.loss, run_cfg.tcm, len(classes), run_cfg.model.embedding_dim)
-    criterion.base.to(device)
-    optimizer = make_optimizer(run_cfg, model, criterion.parameters())
-    epochs = run_cfg.train.epochs
-    total_steps = epochs * len(loader)
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-                 if run_cfg.train.schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0))
-    autocast = device.type == "cuda" and run_cfg.train.amp
+    device = pick_device(t.device, d.local_rank)
+    loader = make_loader(dataset, run_cfg, name, device, d.world_size)
+    parts = _build(run_cfg, len(classes), device, len(loader))
+    # The checkpoint is reused only for the same settings, process count and model structure.
+    digest = config_hash({**{k: v for k, v in settings.items() if k != "evaluation"}, "world_size": d.world_size,
+                          "structure": structure_signature(parts.model, parts.criterion.base)})
 
     start_epoch, history, mlflow_run_id = 1, [], None
-    state = _load_resumable(out / CHECKPOINT, digest)
+    state = _read_checkpoint(out / CHECKPOINT)
+    if state is not None and state.get("config_hash") != digest:
+        if d.main:
+            print(f"tcm: {out / CHECKPOINT} was written with other settings or another model; training "
+                  f"{name} from scratch", file=sys.stderr)
+        state = None
     if state is not None:
-        model.load_state_dict(state["model"])
-        criterion.base.load_state_dict(state["loss"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        try:
+            _restore(parts, state)
+        except (RuntimeError, KeyError, ValueError) as e:
+            if d.main:
+                print(f"tcm: {out / CHECKPOINT} does not load into this model ({type(e).__name__}); training "
+                      f"{name} from scratch", file=sys.stderr)
+            parts, state = _build(run_cfg, len(classes), device, len(loader)), None
+    if state is not None:
         start_epoch, history, mlflow_run_id = state["epoch"] + 1, state["history"], state.get("mlflow_run_id")
-        print(f"tcm: resuming run {name} after epoch {state['epoch']} of {epochs}", file=sys.stderr)
+        if d.main:
+            print(f"tcm: resuming run {name} after epoch {state['epoch']} of {t.epochs}", file=sys.stderr)
 
-    tracker = tracker or Tracker(cfg)
-    mlflow_run_id = tracker.start_run(name, settings, stage="train", run_id=mlflow_run_id)
-    write_json(out / RUN_INFO, {"run": name, "config_hash": digest, "mlflow_run_id": mlflow_run_id,
-                                "settings": settings, "num_train_classes": int(len(classes))})
+    if d.main:
+        tracker = tracker or Tracker(cfg)
+        mlflow_run_id = tracker.start_run(name, settings, stage="train", run_id=mlflow_run_id)
+    else:  # only rank 0 talks to MLflow
+        tracker = Tracker(cfg.model_copy(update={"mlflow": cfg.mlflow.model_copy(update={"enabled": False})}))
 
-    for epoch in range(start_epoch, epochs + 1):
+    model = parts.model
+    raw_model = model
+    if d.enabled:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if t.compile:
+        model = torch.compile(model)
+
+    def checkpoint(epoch: int) -> None:
+        _save_checkpoint(out / CHECKPOINT, {
+            "model": raw_model.state_dict(), "loss": parts.criterion.base.state_dict(),
+            "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(), "epoch": epoch,
+            "history": history, "config_hash": digest, "settings": settings, "mlflow_run_id": mlflow_run_id,
+            "classes": classes.tolist(), "world_size": d.world_size})
+
+    if d.main:
+        write_json(out / RUN_INFO, {"run": name, "config_hash": digest, "mlflow_run_id": mlflow_run_id,
+                                    "settings": settings, "num_train_classes": int(len(classes)),
+                                    "world_size": d.world_size})
+        if state is None:
+            checkpoint(0)  # records the MLflow run id: a run killed in its first epoch continues it
+        else:
+            _write_history(out, history)  # the history of the checkpoint, if killed before writing it
+
+    autocast = device.type == "cuda" and t.amp
+    backbone_params = [p for p in raw_model.backbone.parameters() if p.requires_grad]
+    for epoch in range(start_epoch, t.epochs + 1):
         # Seeding per epoch makes a resumed run draw exactly the batches an uninterrupted one would.
-        seed_everything(run_cfg.train.seed * 100_003 + epoch)
+        seed_everything(epoch_seed(t.seed, epoch, d.rank))
         model.train()
+        frozen = backbone_params if epoch <= t.warmup_epochs else ()
         sums = {"loss": 0.0, "base_loss": 0.0, "tcm_loss": 0.0}
         seen, t0 = 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"{name} epoch {epoch}/{epochs}", disable=not progress, file=sys.stderr,
-                   leave=False, mininterval=1.0)
+        bar = tqdm(loader, desc=f"{name} epoch {epoch}/{t.epochs}", disable=not (progress and d.main),
+                   file=sys.stderr, leave=False, mininterval=1.0)
         for step, (x, y) in enumerate(bar, start=1):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if device.type == "cuda" and run_cfg.train.channels_last:
+            if device.type == "cuda" and t.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                emb = model(x)
-            parts = criterion(emb.float(), y)
-            if not torch.isfinite(parts["loss"]):
+            try:
+                losses = train_step(model, parts.criterion, parts.optimizer, x, y, autocast=autocast,
+                                    chunk_size=t.chunk_size, clip_grad_value=t.clip_grad_value, frozen=frozen,
+                                    world_size=d.world_size)
+            except NonFiniteLoss as e:
                 tracker.end_run(mlflow_run_id, status="FAILED")
                 raise TrainingDiverged(
-                    f"run {name}: loss is {parts['loss'].item()} at epoch {epoch}, step {step}; "
-                    f"the last good checkpoint (epoch {epoch - 1}) is kept at {out / CHECKPOINT}")
-            optimizer.zero_grad(set_to_none=True)
-            parts["loss"].backward()
-            optimizer.step()
-            scheduler.step()
-            for k in sums:
-                sums[k] += parts[k].item() * len(y)
-            seen += len(y)
-            bar.set_postfix(loss=f"{parts['loss'].item():.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}",
+                    f"run {name}: loss is {e.value} at epoch {epoch}, step {step}; "
+                    f"the last good checkpoint (epoch {epoch - 1}) is kept at {out / CHECKPOINT}") from None
+            parts.scheduler.step()
+            values = torch.stack([losses[k].float() for k in sums])
+            if d.enabled:
+                import torch.distributed as dist
+
+                dist.all_reduce(values)
+                values /= d.world_size
+            n = len(y) * d.world_size
+            for k, v in zip(sums, values.tolist()):
+                sums[k] += v * n
+            seen += n
+            bar.set_postfix(loss=f"{values[0].item():.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}",
                             refresh=False)
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch, **{k: v / max(seen, 1) for k, v in sums.items()},
-               "lr": optimizer.param_groups[0]["lr"], "images_per_s": seen / seconds, "seconds": seconds}
+               "lr": parts.optimizer.param_groups[0]["lr"], "images_per_s": seen / seconds, "seconds": seconds}
         history.append(row)
-        with atomic_path(out / HISTORY) as tmp:
-            pd.DataFrame(history).to_csv(tmp, index=False)
-        _save_checkpoint(out / CHECKPOINT, {
-            "model": model.state_dict(), "loss": criterion.base.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history, "config_hash": digest,
-            "settings": settings, "mlflow_run_id": mlflow_run_id, "classes": classes.tolist()})
-        tracker.log_metrics(mlflow_run_id, {f"train.{k}": v for k, v in row.items() if k != "epoch"}, step=epoch)
-        if progress:
-            print(f"{name} epoch {epoch}/{epochs}: loss {row['loss']:.4f} (base {row['base_loss']:.4f}, "
-                  f"tcm {row['tcm_loss']:.4f}), {row['images_per_s']:.0f} img/s", file=sys.stderr)
+        if d.main:
+            # checkpoint, then MLflow, then history.csv: a history row means the epoch is saved and logged
+            checkpoint(epoch)
+            tracker.log_metrics(mlflow_run_id, {f"train.{k}": v for k, v in row.items() if k != "epoch"}, step=epoch)
+            _write_history(out, history)
+            if progress:
+                print(f"{name} epoch {epoch}/{t.epochs}: loss {row['loss']:.4f} (base {row['base_loss']:.4f}, "
+                      f"tcm {row['tcm_loss']:.4f}), {row['images_per_s']:.0f} img/s", file=sys.stderr)
 
-    tracker.set_stage(mlflow_run_id, "train")
+    if d.main:
+        tracker.set_stage(mlflow_run_id, "train")
     return TrainResult(out, pd.DataFrame(history), mlflow_run_id)
 
 
@@ -200,3 +495,4 @@ def load_trained(run_dir: Path, device: torch.device | str = "cpu") -> tuple[tor
     model = build_model(model_cfg)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), state
+

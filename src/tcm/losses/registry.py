@@ -1,4 +1,4 @@
-"""Base losses by params name: pytorch-metric-learning classes, composed with TCM by addition."""
+"""Base losses by params name (pytorch-metric-learning classes or ours), composed with TCM by addition."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tcm.config import BASE_LOSSES, LossConfig, TCMConfig
+from tcm.config import LossConfig, TCMConfig, loss_class
 from tcm.losses.tcm import ThresholdConsistentMargin
 
 
@@ -31,14 +31,12 @@ class Criterion:
 
 
 def build_criterion(loss: LossConfig, tcm: TCMConfig, num_classes: int, embedding_dim: int) -> Criterion:
-    import pytorch_metric_learning.losses as pml_losses
     import pytorch_metric_learning.miners as pml_miners
 
-    cls = getattr(pml_losses, BASE_LOSSES[loss.name])
     kwargs = dict(loss.params)
     if loss.name == "proxy_anchor":
         kwargs.update(num_classes=num_classes, embedding_size=embedding_dim)
-    base = cls(**kwargs)
+    base = loss_class(loss.name)(**kwargs)
     miner = pml_miners.MultiSimilarityMiner() if (loss.name == "multi_similarity" and loss.miner) else None
     reg = (ThresholdConsistentMargin(tcm.pos_margin, tcm.neg_margin, tcm.pos_weight, tcm.neg_weight)
            if tcm.enabled else None)

@@ -9,21 +9,30 @@ TPR_i(t) / TNR_i(t) are the shares of positives accepted / negatives rejected, a
 The overall utility uses all pairs pooled. The calibration range is the thresholds at which the
 overall FAR = 1 - TNR lies in ``far_range``, sampled at ``n_thresholds`` evenly spaced points.
 
-    OPIS      = sum_i w_i * mean_t (U_i(t) - U(t))^2,   w_i = 1 / C
+    OPIS      = sum_i w_i * mean_t (U_i(t) - U(t))^2,   w_i = 1 / C  (or n_pos_i / sum n_pos)
     eps-OPIS  = mean_t (U_top(t) - U_bottom(t))^2
 
 C counts the classes with at least one positive pair; U_top / U_bottom average the
 ceil(eps * C) classes with the highest / lowest mean utility over the range.
+
+Resolution: the curves come from per-class histograms (``tcm.metrics.histograms``) with bin
+width w (2^-14 ~ 6.1e-5 by default). Every threshold is a bin edge, so TPR, TNR and utility at
+the returned thresholds are exact pair counts (up to float32 rounding of the similarities,
+~1e-7); the range ends, being quantiles of the negative similarities, are rounded to the grid
+and lie within w of the exact quantiles, and the inner thresholds within w of an exact linspace.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
-from tcm.metrics.retrieval import _normalise
+from tcm.metrics.histograms import ClassHistograms
+
+ClassWeighting = Literal["uniform", "positive_pairs"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,8 @@ class UtilityCurves:
     class_tpr: np.ndarray  # (C, T)
     class_tnr: np.ndarray  # (C, T)
     class_utility: np.ndarray  # (C, T)
+    class_positive_pairs: np.ndarray | None = None  # (C,) for positive-pair weighting
+    resolution: float = 0.0  # grid bin width behind the thresholds (0: exact)
 
 
 def utility(tpr: np.ndarray, tnr: np.ndarray, beta: float = 1.0) -> np.ndarray:
@@ -50,54 +61,92 @@ def utility(tpr: np.ndarray, tnr: np.ndarray, beta: float = 1.0) -> np.ndarray:
         return np.where(den > 0, (1 + beta**2) * tpr * tnr / np.where(den > 0, den, 1), 0.0)
 
 
-def calibration_thresholds(negative_sims: np.ndarray, far_range: tuple[float, float], n: int) -> np.ndarray:
-    """``n`` thresholds evenly spaced between the points where overall FAR = far_range[1] and far_range[0]."""
-    lo = np.quantile(negative_sims, 1.0 - far_range[1])
-    hi = np.quantile(negative_sims, 1.0 - far_range[0])
-    return np.linspace(lo, hi, n)
+def calibration_thresholds(hist: ClassHistograms, far_range: tuple[float, float], n: int) -> np.ndarray:
+    """Local grid indices of ``n`` thresholds evenly spaced from overall FAR = far_range[1] up to
+    FAR = far_range[0], each end the lowest grid edge at which the FAR is at most that value
+    (the (1 - FAR) quantile of the pooled negatives, rounded up to the grid), each inner point
+    rounded to the nearest edge."""
+    lo, hi = hist.threshold_at_far(far_range[1]), hist.threshold_at_far(far_range[0])
+    return np.rint(np.linspace(lo, hi, n)).astype(np.int64)
 
 
-def _share_at_least(sorted_values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    return (len(sorted_values) - np.searchsorted(sorted_values, thresholds, side="left")) / max(len(sorted_values), 1)
+def curves_from_histograms(hist: ClassHistograms, beta: float = 1.0, far_range: tuple[float, float] = (1e-2, 1e-1),
+                           n_thresholds: int = 101) -> UtilityCurves:
+    """Per-class and overall TPR / TNR / utility at the calibration thresholds."""
+    local = calibration_thresholds(hist, far_range, n_thresholds)
+    pos, neg = hist.at_least(local)
+    n_pos, n_neg = hist.positive_pairs, hist.negative_pairs
+    o_tpr = pos.sum(0) / n_pos.sum()
+    o_tnr = 1.0 - neg.sum(0) / n_neg.sum()
+    keep = n_pos > 0
+    tpr = pos[keep] / n_pos[keep, None]
+    tnr = 1.0 - neg[keep] / n_neg[keep, None]
+    return UtilityCurves(hist.grid.edges()[local - 1], utility(o_tpr, o_tnr, beta), o_tpr, o_tnr, hist.classes[keep],
+                         tpr, tnr, utility(tpr, tnr, beta), n_pos[keep], hist.grid.width)
 
 
-def utility_curves(embeddings: np.ndarray, labels: np.ndarray, beta: float = 1.0,
-                   far_range: tuple[float, float] = (1e-2, 1e-1), n_thresholds: int = 101) -> UtilityCurves:
-    """Exact curves from the full similarity matrix (fine for a few thousand images)."""
-    x = _normalise(embeddings)
-    labels = np.asarray(labels)
-    sims = x @ x.T
-    same = labels[:, None] == labels[None, :]
-    off_diag = ~np.eye(len(labels), dtype=bool)
-    pos_all, neg_all = np.sort(sims[same & off_diag]), np.sort(sims[~same])
-    if len(pos_all) == 0 or len(neg_all) == 0:
-        raise ValueError("utility curves need at least one positive and one negative pair")
-    t = calibration_thresholds(neg_all, far_range, n_thresholds)
-    o_tpr, o_tnr = _share_at_least(pos_all, t), 1.0 - _share_at_least(neg_all, t)
-    classes, tprs, tnrs = [], [], []
-    for c in np.unique(labels):
-        rows = labels == c
-        pos = np.sort(sims[np.ix_(rows, rows)][~np.eye(rows.sum(), dtype=bool)])
-        if len(pos) == 0:
-            continue
-        neg = np.sort(sims[np.ix_(rows, ~rows)].ravel())
-        classes.append(c)
-        tprs.append(_share_at_least(pos, t))
-        tnrs.append(1.0 - _share_at_least(neg, t))
-    tpr, tnr = np.array(tprs), np.array(tnrs)
-    return UtilityCurves(t, utility(o_tpr, o_tnr, beta), o_tpr, o_tnr, np.array(classes), tpr, tnr,
-                         utility(tpr, tnr, beta))
+def class_weights(curves: UtilityCurves, weighting: ClassWeighting = "uniform") -> np.ndarray:
+    """w_i: 1/C, or each class's share of the positive pairs.
+
+    >>> c = UtilityCurves(*[np.zeros(1)] * 4, np.arange(2), *[np.zeros((2, 1))] * 3, np.array([2, 6]))
+    >>> class_weights(c, "positive_pairs").tolist()
+    [0.25, 0.75]
+    """
+    if weighting == "uniform":
+        return np.full(len(curves.classes), 1.0 / len(curves.classes))
+    if weighting == "positive_pairs":
+        if curves.class_positive_pairs is None:
+            raise ValueError("positive_pairs weighting needs curves with class_positive_pairs")
+        p = np.asarray(curves.class_positive_pairs, dtype=np.float64)
+        return p / p.sum()
+    raise ValueError(f"class weighting must be 'uniform' or 'positive_pairs', but got {weighting!r}")
 
 
-def opis(curves: UtilityCurves) -> float:
-    """Mean over classes (w_i = 1/C) of the mean squared gap to the overall utility curve."""
-    return float(np.mean((curves.class_utility - curves.overall_utility[None, :]) ** 2))
+def opis(curves: UtilityCurves, weighting: ClassWeighting = "uniform") -> float:
+    """sum_i w_i mean_t (U_i(t) - U(t))^2.
+
+    >>> c = UtilityCurves(np.zeros(2), np.array([0.5, 0.5]), *[np.zeros(2)] * 2, np.arange(2),
+    ...                   np.zeros((2, 2)), np.zeros((2, 2)), np.array([[0.5, 0.5], [0.7, 0.3]]))
+    >>> round(opis(c), 6)  # class 0 on the curve; class 1 off by 0.2 twice: (0 + 0.04) / 2
+    0.02
+    """
+    gap = ((curves.class_utility - curves.overall_utility[None, :]) ** 2).mean(axis=1)
+    return float(class_weights(curves, weighting) @ gap)
 
 
 def eps_opis(curves: UtilityCurves, eps: float = 0.05) -> float:
-    """Mean squared gap between the best and worst eps share of classes (by mean utility)."""
+    """Mean squared gap between the best and worst eps share of classes (by mean utility; ties in
+    the ranking keep label order).
+
+    >>> c = UtilityCurves(np.zeros(1), *[np.zeros(1)] * 3, np.arange(4), *[np.zeros((4, 1))] * 2,
+    ...                   np.array([[0.1], [0.2], [0.8], [0.9]]))
+    >>> round(eps_opis(c, 0.5), 6)  # top2 mean 0.85, bottom2 0.15: 0.7^2
+    0.49
+    """
     n = max(1, math.ceil(eps * len(curves.classes)))
     order = np.argsort(curves.class_utility.mean(axis=1), kind="stable")
     bottom = curves.class_utility[order[:n]].mean(axis=0)
     top = curves.class_utility[order[-n:]].mean(axis=0)
     return float(np.mean((top - bottom) ** 2))
+
+
+def curves_table(curves: UtilityCurves) -> "pandas.DataFrame":  # noqa: F821
+    """Long format: one row per (class, threshold); the pooled curve has class 'overall'."""
+    import pandas as pd
+
+    t = curves.thresholds
+    frames = [pd.DataFrame({"class": "overall", "threshold": t, "tpr": curves.overall_tpr,
+                            "tnr": curves.overall_tnr, "utility": curves.overall_utility})]
+    for c, tpr, tnr, u in zip(curves.classes, curves.class_tpr, curves.class_tnr, curves.class_utility):
+        frames.append(pd.DataFrame({"class": str(c), "threshold": t, "tpr": tpr, "tnr": tnr, "utility": u}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def utility_curves(embeddings: np.ndarray, labels: np.ndarray, beta: float = 1.0,
+                   far_range: tuple[float, float] = (1e-2, 1e-1), n_thresholds: int = 101,
+                   chunk_size: int | None = None, device: str = "cpu") -> UtilityCurves:
+    """Curves straight from embeddings (one chunked pass; see ``tcm.metrics.suite``)."""
+    from tcm.metrics.suite import evaluate_embeddings
+
+    return evaluate_embeddings(embeddings, labels, beta=beta, far_range=far_range, n_thresholds=n_thresholds,
+                               chunk_size=chunk_size, device=device, retrieval=False).curves

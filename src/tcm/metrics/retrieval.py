@@ -1,9 +1,16 @@
-"""Retrieval metrics on test embeddings (cosine similarity, leave-one-out: each image queries
-all others).
+"""Retrieval metrics, leave-one-out: every image queries all the others by cosine similarity.
 
-Ties in similarity are broken by gallery index (a stable sort), so results are deterministic.
-A query whose class has no other image is skipped for Recall@k / MAP@R / R-precision but stays
-in the gallery.
+For a query q with R = (images of q's class) - 1 and rel(i) = 1 when its i-th neighbour is of
+its class:
+
+    Recall@k     = mean_q  max_{i <= k} rel(i)             (= Precision@1 for k = 1)
+    R-precision  = mean_q  (1/R) sum_{i <= R} rel(i)
+    MAP@R        = mean_q  (1/R) sum_{i <= R} P@i * rel(i),   P@i = (1/i) sum_{j <= i} rel(j)
+                                                            (Musgrave et al., ECCV 2020)
+
+Neighbours are ordered by similarity, ties broken by ascending gallery index. A query whose
+class has no other image (R = 0) is skipped, but the image stays in the gallery (and among the
+negatives of the threshold metrics). Computed in chunks: see ``tcm.metrics.scan``.
 """
 
 from __future__ import annotations
@@ -12,39 +19,29 @@ from typing import Sequence
 
 import numpy as np
 
-
-def _normalise(embeddings: np.ndarray) -> np.ndarray:
-    x = np.asarray(embeddings, dtype=np.float64)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    if np.any(norms == 0):
-        raise ValueError(f"embeddings: expected non-zero rows, but rows {np.flatnonzero(norms[:, 0] == 0)[:5].tolist()} are zero")
-    return x / norms
+from tcm.metrics.scan import RetrievalSums
 
 
-def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 2, 4, 8)) -> dict:
-    """Recall@k (share of queries with a same-class image among the k nearest), MAP@R and
-    R-precision (R = number of other images of the query's class).
+def from_sums(sums: RetrievalSums) -> dict:
+    """Averages over the queries.
 
-    MAP@R = mean_q (1/R) sum_{i<=R} P@i * rel(i)   (Musgrave et al., 2020)
+    >>> from_sums(RetrievalSums(4, {1: 3}, 3.5, 3.0))
+    {'recall_at_k': {'1': 0.75}, 'map_at_r': 0.875, 'r_precision': 0.75, 'num_queries': 4}
+    """
+    n = max(sums.n_queries, 1)
+    return {"recall_at_k": {str(k): h / n for k, h in sums.hits.items()}, "map_at_r": sums.ap_sum / n,
+            "r_precision": sums.r_precision_sum / n, "num_queries": sums.n_queries}
+
+
+def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 2, 4, 8),
+                      chunk_size: int | None = None, device: str = "cpu", assume_normalized: bool = False) -> dict:
+    """Recall@k for every k in ``ks``, MAP@R and R-precision (see the module doc).
 
     >>> e = np.array([[1.0, 0], [0.9, 0.1], [0, 1.0], [0.1, 0.9]]); y = np.array([0, 0, 1, 1])
     >>> retrieval_metrics(e, y, ks=[1])["recall_at_k"]
     {'1': 1.0}
     """
-    x = _normalise(embeddings)
-    labels = np.asarray(labels)
-    sims = x @ x.T
-    np.fill_diagonal(sims, -np.inf)
-    order = np.argsort(-sims, axis=1, kind="stable")[:, :-1]  # drop self (always last)
-    rel = labels[order] == labels[:, None]
-    r = rel.sum(axis=1)
-    valid = r > 0
-    rel, r = rel[valid], r[valid]
-    recall = {str(k): float(rel[:, :k].any(axis=1).mean()) for k in ks}
-    ranks = np.arange(1, rel.shape[1] + 1)
-    within_r = ranks[None, :] <= r[:, None]
-    precision_at_i = np.cumsum(rel, axis=1) / ranks[None, :]
-    map_r = ((precision_at_i * rel * within_r).sum(axis=1) / r).mean()
-    r_prec = ((rel * within_r).sum(axis=1) / r).mean()
-    return {"recall_at_k": recall, "map_at_r": float(map_r), "r_precision": float(r_prec),
-            "num_queries": int(valid.sum())}
+    from tcm.metrics.suite import evaluate_embeddings
+
+    return evaluate_embeddings(embeddings, labels, ks=ks, chunk_size=chunk_size, device=device,
+                               assume_normalized=assume_normalized, threshold_metrics=False).metrics

@@ -1,0 +1,276 @@
+"""The four open-world benchmarks (CUB-200-2011, Cars196, SOP, iNaturalist-2018): locate the official
+files, parse them into one manifest table, verify the files on disk, and only then write the manifest.
+
+Each data set has its own module (``tcm.data.cub`` ...) exposing ``BENCHMARK``; this module holds
+what they share. Every check collects all its problems before failing, so one run tells the user
+everything that is wrong (the message gives the count and the first few), and nothing is written
+unless every check passed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable
+
+import pandas as pd
+from tqdm import tqdm
+
+from tcm.data.manifest import DataError, write_manifest
+
+BENCHMARK_NAMES = ("cub", "cars196", "sop", "inat2018")
+VERIFY_MODES = ("exists", "full")
+# How many problems a message spells out; the count always covers all of them.
+SHOWN_PROBLEMS = 5
+
+
+class Problems:
+    """Collects problems so that one error reports them all: ``what: N problems: first; second; ...``."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.items: list[str] = []
+
+    def add(self, message: str) -> None:
+        self.items.append(message)
+
+    def extend(self, messages: Iterable[str]) -> None:
+        self.items.extend(messages)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def raise_if_any(self) -> None:
+        n = len(self.items)
+        if not n:
+            return
+        shown = "; ".join(self.items[:SHOWN_PROBLEMS])
+        more = f"; ... and {n - SHOWN_PROBLEMS} more" if n > SHOWN_PROBLEMS else ""
+        # One line: the CLI prints the message as is, and a multi-line wall of paths helps nobody.
+        raise DataError(f"{self.what}: {n} problem{'s' if n != 1 else ''}: {shown}{more}".replace("\n", " "))
+
+
+@dataclass(frozen=True)
+class Download:
+    """A stable public address with a checksum taken from a published source (see the module that uses it)."""
+
+    url: str
+    filename: str
+    size: int  # bytes
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    title: str
+    # Files, relative to the data set folder, whose presence identifies that folder (any one of them).
+    markers: tuple[str, ...]
+    # Usual folder names when --root is the parent of the data set folder.
+    subdirs: tuple[str, ...]
+    # Standard open-world split sizes: split -> (images, classes).
+    counts: dict[str, tuple[int, int]]
+    # data set folder -> table (path relative to the folder, label, split); raises DataError.
+    parse: Callable[[Path], pd.DataFrame]
+    # What to fetch, where to put it and the layout; ends every "not found" error.
+    fetch_help: str
+    download: Download | None = None
+    # Maps the folder holding a marker to the folder the index paths are relative to, where they differ.
+    refine_root: Callable[[Path], Path] | None = None
+
+    def has_marker(self, folder: Path) -> bool:
+        return any((folder / m).is_file() for m in self.markers)
+
+
+def get_benchmark(name: str) -> Benchmark:
+    if name not in BENCHMARK_NAMES:
+        raise DataError(f"unknown benchmark {name!r}; expected one of {list(BENCHMARK_NAMES)}")
+    return importlib.import_module(f"tcm.data.{name}").BENCHMARK
+
+
+def locate_root(bench: Benchmark, root: Path) -> Path | None:
+    """The data set folder: ``root`` itself, one of the usual subfolders, or the single child holding the marker."""
+    root = Path(root)
+    found = None
+    if bench.has_marker(root):
+        found = root
+    else:
+        found = next((root / sub for sub in bench.subdirs if bench.has_marker(root / sub)), None)
+    if found is None and root.is_dir():
+        hits = sorted(child for child in root.iterdir() if child.is_dir() and bench.has_marker(child))
+        if len(hits) > 1:
+            raise DataError(f"{bench.name}: several folders under {root} hold {bench.markers[0]} "
+                            f"({', '.join(str(h) for h in hits)}); pass the one to use as --root")
+        found = hits[0] if hits else None
+    if found is not None and bench.refine_root is not None:
+        found = bench.refine_root(found)
+    return found
+
+
+def not_found(bench: Benchmark, root: Path) -> DataError:
+    return DataError(f"{bench.name}: {bench.markers[0]} not found in {root} or its subfolders. {bench.fetch_help}")
+
+
+def safe_relpath(rel: str) -> bool:
+    """Index paths must stay inside the data set folder: relative, no '..' parts."""
+    p = PurePosixPath(rel)
+    return bool(rel) and not p.is_absolute() and ".." not in p.parts and "\\" not in rel
+
+
+def read_lines(path: Path) -> list[tuple[int, str]]:
+    """Non-blank lines with their 1-based line numbers; a missing or unreadable index file is a DataError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{path}: index file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read index file ({e})") from None
+    return [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+# --- verification -----------------------------------------------------------------------------
+
+def _stat_chunk(paths: list[str]) -> list[tuple[str, str]]:
+    bad = []
+    for p in paths:
+        try:
+            size = os.stat(p).st_size
+        except FileNotFoundError:
+            bad.append((p, "missing"))
+            continue
+        except OSError as e:
+            bad.append((p, f"cannot stat ({e.strerror})"))
+            continue
+        if size == 0:
+            bad.append((p, "empty file (0 bytes)"))
+    return bad
+
+
+def _decode_chunk(paths: list[str]) -> list[tuple[str, str]]:
+    from PIL import Image, ImageFile
+
+    # A truncated JPEG must fail here, whatever another import may have set.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    bad = []
+    for p in paths:
+        try:
+            with Image.open(p) as img:
+                img.load()  # full decode: Image.verify() misses truncated scan data
+        except Exception as e:  # noqa: BLE001 - any decoder failure is a problem with this file
+            bad.append((p, f"cannot decode ({type(e).__name__}: {e})"))
+    return bad
+
+
+def _chunks(items: list[str], size: int) -> list[list[str]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _run_chunks(fn: Callable[[list[str]], list[tuple[str, str]]], paths: list[str], desc: str, processes: bool,
+                workers: int | None, chunk: int) -> list[tuple[str, str]]:
+    if not paths:
+        return []
+    workers = max(1, min(workers or os.cpu_count() or 1, -(-len(paths) // chunk)))
+    problems: list[tuple[str, str]] = []
+    pool_cls = ProcessPoolExecutor if processes else ThreadPoolExecutor
+    with tqdm(total=len(paths), desc=desc, unit="img", dynamic_ncols=True) as bar, pool_cls(workers) as pool:
+        futures = {pool.submit(fn, c): len(c) for c in _chunks(paths, chunk)}
+        for fut in as_completed(futures):
+            problems.extend(fut.result())
+            bar.update(futures[fut])
+    # Completion order is arbitrary; the message should be the same on every run.
+    return sorted(problems)
+
+
+def check_files(paths: list[str], desc: str = "check files", workers: int | None = None) -> list[tuple[str, str]]:
+    """Every file exists and is non-empty. Threads: stat is I/O bound (and slow on network file systems)."""
+    return _run_chunks(_stat_chunk, paths, desc, processes=False, workers=workers or 16, chunk=2048)
+
+
+def decode_files(paths: list[str], desc: str = "decode images", workers: int | None = None) -> list[tuple[str, str]]:
+    """Every image decodes completely. Processes: JPEG decoding is CPU bound."""
+    return _run_chunks(_decode_chunk, paths, desc, processes=True, workers=workers, chunk=128)
+
+
+def split_counts(table: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    return {s: (int((table.split == s).sum()), int(table.label[table.split == s].nunique())) for s in ("train", "test")}
+
+
+def check_counts(table: pd.DataFrame, expected: dict[str, tuple[int, int]]) -> list[str]:
+    found = split_counts(table)
+    return [f"{split} split: expected {expected[split][0]:,} images / {expected[split][1]:,} classes, "
+            f"found {found[split][0]:,} images / {found[split][1]:,} classes "
+            "(pass --allow-nonstandard-counts for a subset)"
+            for split in ("train", "test") if found[split] != tuple(expected[split])]
+
+
+def check_table_paths(table: pd.DataFrame, problems: Problems) -> None:
+    bad = [p for p in table.path if not safe_relpath(p)]
+    problems.extend(f"{p}: path escapes the data set folder" for p in bad)
+    dup = table.path[table.path.duplicated()].unique()
+    problems.extend(f"{p}: listed more than once" for p in dup)
+    overlap = set(table.label[table.split == "train"]) & set(table.label[table.split == "test"])
+    if overlap:
+        problems.add(f"{len(overlap)} classes are in both train and test (e.g. {sorted(overlap)[:5]}); "
+                     "open-world splits need disjoint classes")
+
+
+# --- the data stage for one benchmark -------------------------------------------------------------
+
+def resolve_root(bench: Benchmark, root: Path | str | None, download: bool = False) -> Path:
+    """The data set folder under ``root``; with ``download``, fetch it first where a stable address exists."""
+    if root is None:
+        raise DataError(f"{bench.name}: no root folder given (params: datasets.<name>.root, CLI: --root DIR). "
+                        f"{bench.fetch_help}")
+    root = Path(root).expanduser()
+    found = locate_root(bench, root)
+    if found is None and download:
+        if bench.download is None:
+            raise DataError(f"{bench.name}: no stable public download address exists, so --download cannot fetch it. "
+                            f"{bench.fetch_help}")
+        from tcm.data.download import download_and_extract
+
+        download_and_extract(bench.download, root)
+        found = locate_root(bench, root)
+    if found is None:
+        raise not_found(bench, root)
+    return found.resolve()
+
+
+def build_table(bench: Benchmark, root: Path | str | None, *, allow_nonstandard_counts: bool = False,
+                verify: str = "exists", download: bool = False,
+                workers: int | None = None) -> tuple[Path, pd.DataFrame]:
+    """Parse and verify one benchmark; returns (data set folder, table). Raises DataError listing every problem."""
+    if verify not in VERIFY_MODES:
+        raise DataError(f"verify must be one of {list(VERIFY_MODES)}, but got {verify!r}")
+    folder = resolve_root(bench, root, download=download)
+    table = bench.parse(folder)
+    problems = Problems(f"{bench.name} at {folder}")
+    check_table_paths(table, problems)
+    problems.raise_if_any()  # bad paths are not safe to stat
+    paths = [str(folder / p) for p in table.path]
+    bad_files = check_files(paths, desc=f"check {bench.name} files", workers=workers)
+    problems.extend(f"{p}: {why}" for p, why in bad_files)
+    if not allow_nonstandard_counts:
+        problems.extend(check_counts(table, bench.counts))
+    if verify == "full":
+        # Files already reported missing or empty are not decoded again (one problem per file).
+        skip = {p for p, _ in bad_files}
+        bad_images = decode_files([p for p in paths if p not in skip], desc=f"decode {bench.name} images",
+                                  workers=workers)
+        problems.extend(f"{p}: {why}" for p, why in bad_images)
+    problems.raise_if_any()
+    return folder, table
+
+
+def prepare_benchmark(name: str, root: Path | str | None, out_dir: Path | str, *,
+                      allow_nonstandard_counts: bool = False, verify: str = "exists", download: bool = False,
+                      workers: int | None = None) -> Path:
+    """Verify one benchmark and write ``out_dir/manifest.csv`` (paths relative to the data set folder)."""
+    bench = get_benchmark(name)
+    folder, table = build_table(bench, root, allow_nonstandard_counts=allow_nonstandard_counts, verify=verify,
+                                download=download, workers=workers)
+    # Written only now, after every check passed; write_manifest replaces files atomically.
+    return write_manifest(out_dir, table, image_root=folder, source=name)

@@ -1,0 +1,60 @@
+"""Recall@k Surrogate (RS@k; Patel, Tolias, Matas, CVPR 2022), written from the paper and its
+reference code (`yash0307/RecallatK_surrogate`, `src/losses.py`, `src/main.py`).
+
+For a query q with positives P(q) in the batch (same label, not q itself):
+
+    rank(q, p)  = 1 + sum_{j != p} sigmoid((s_qj - s_qp) / tau1)             (see tcm.losses.ranking)
+    R@k(q)      = min( sum_{p in P(q)} sigmoid((k - rank(q, p)) / tau2_k), k ) / min(k, |P(q)|)
+    loss        = 1 - mean over queries with |P(q)| >= 1 of mean over k of R@k(q)
+
+Published settings (src/main.py): tau1 = 0.01 (`--sigmoid_temperature`), k in {1, 2, 4, 8, 16}
+(`--k_vals_train`) with tau2_k = k (`--k_temperatures` 1, 2, 4, 8, 16); each k is capped at the
+batch size. Similarity mixup (`--mixup`, off by default there) is not implemented.
+``include_query=True`` counts the query itself in the ranks, as the reference code does (its
+similarity row of q spans the whole batch); false follows the paper's formula.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tcm.losses.ranking import pair_chunks, positive_pairs, soft_beats
+
+
+class RecallAtKSurrogate(nn.Module):
+    def __init__(self, k_values: Sequence[int] = (1, 2, 4, 8, 16), k_temperatures: Sequence[float] = (1, 2, 4, 8, 16),
+                 temperature: float = 0.01, include_query: bool = True) -> None:
+        super().__init__()
+        if len(k_values) != len(k_temperatures) or not k_values:
+            raise ValueError(f"k_values and k_temperatures must be non-empty and of equal length, "
+                             f"but got {list(k_values)} and {list(k_temperatures)}")
+        if min(k_values) < 1 or min(k_temperatures) <= 0 or temperature <= 0:
+            raise ValueError("k_values must be >= 1 and the temperatures > 0")
+        self.k_values = [int(k) for k in k_values]
+        self.k_temperatures = [float(t) for t in k_temperatures]
+        self.temperature, self.include_query = float(temperature), include_query
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        emb = F.normalize(embeddings.float(), dim=-1)
+        n = len(labels)
+        sims = emb @ emb.T
+        q, p = positive_pairs(labels, with_self=False)
+        if len(q) == 0:
+            return emb.sum() * 0.0
+        k = torch.tensor([min(k, n) for k in self.k_values], dtype=emb.dtype, device=emb.device)
+        k_temp = torch.tensor(self.k_temperatures, dtype=emb.dtype, device=emb.device)
+        # soft "p is within the top k of q", one column per k
+        hits = []
+        for sl in pair_chunks(len(q), n):
+            rank = 1.0 + soft_beats(sims, q[sl], p[sl], self.temperature, self.include_query).sum(dim=1)
+            hits.append(torch.sigmoid((k[None, :] - rank[:, None]) / k_temp[None, :]))
+        hit = torch.cat(hits)  # pairs x K
+        found = torch.zeros(n, len(k), dtype=emb.dtype, device=emb.device).index_add(0, q, hit)
+        n_pos = torch.zeros(n, dtype=emb.dtype, device=emb.device).index_add(0, q, torch.ones_like(q, dtype=emb.dtype))
+        has_pos = n_pos > 0
+        recall = torch.minimum(found[has_pos], k[None, :]) / torch.minimum(k[None, :], n_pos[has_pos][:, None])
+        return 1.0 - recall.mean()

@@ -1,0 +1,117 @@
+"""The MLflow UI, started on 127.0.0.1 against the pipeline's SQLite store and driven in headless
+Chromium, lists the runs and compares their OPIS and Recall@1. Saves the screenshot the README shows."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import E2E_RUNS, REPO
+
+pytestmark = pytest.mark.e2e
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+SCREENSHOT = REPO / "reports/screenshots/mlflow_compare.png"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, payload: dict) -> dict:
+    req = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.load(r)
+
+
+@pytest.fixture(scope="module")
+def mlflow_ui(project: Path):
+    port = _free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri",
+                             f"sqlite:///{project / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):  # bounded wait for start-up
+            try:
+                urllib.request.urlopen(base + "/health", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    pytest.fail("mlflow ui exited during start-up")
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow ui did not answer within 60 s")
+        yield base
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1400,1900"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def _wait_for_text(driver, texts: list[str], seconds: float = 60) -> str:
+    deadline = time.monotonic() + seconds
+    while True:
+        body = driver.find_element("tag name", "body").text
+        if all(t in body for t in texts) or time.monotonic() > deadline:
+            return body
+        time.sleep(0.5)
+
+
+def test_ui_lists_runs_and_compares_opis_and_recall(mlflow_ui: str, browser) -> None:
+    exp = _post(mlflow_ui + "/ajax-api/2.0/mlflow/experiments/search", {"max_results": 10})["experiments"]
+    exp_id = next(e["experiment_id"] for e in exp if e["name"] == "tcm-default")
+    runs = _post(mlflow_ui + "/ajax-api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id]})["runs"]
+
+    browser.get(f"{mlflow_ui}/#/experiments/{exp_id}/runs")
+    body = _wait_for_text(browser, list(E2E_RUNS))
+    for name in E2E_RUNS:
+        assert name in body, f"run {name} not listed on the experiment page"
+
+    ids = [r["info"]["run_id"] for r in runs]
+    query = urllib.parse.urlencode({"runs": json.dumps(ids), "experiments": json.dumps([exp_id])})
+    browser.get(f"{mlflow_ui}/#/compare-runs?{query}")
+    _wait_for_text(browser, ["Comparing"])
+    for close in browser.find_elements("xpath", "//button[@aria-label='Close']"):
+        close.click()  # the assistant side panel would cover the table in the screenshot
+    cells = []
+    deadline = time.monotonic() + 60
+    while not cells and time.monotonic() < deadline:  # the metrics table renders after the plots
+        cells = browser.find_elements("xpath", "//*[normalize-space(text())='test.opis']")
+        time.sleep(0.5)
+    assert cells, "the comparison view shows no test.opis row"
+    recall = browser.find_elements("xpath", "//*[normalize-space(text())='test.recall_at_k.1']")
+    assert recall, "the comparison view shows no test.recall_at_k.1 row"
+    details = browser.find_elements("xpath", "//*[normalize-space(text())='Run details']")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", (details or cells)[0])
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(SCREENSHOT))

@@ -1,0 +1,278 @@
+"""The training step and loop: chunked recomputation, schedules, warm-up, divergence, resume checks."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tcm import train
+from tcm.config import LossConfig, ModelConfig, TCMConfig, load_config, parse_config
+from tcm.data import prepare
+from tcm.losses import build_criterion
+from tcm.models import build_model
+
+from conftest import tiny_params, write_params
+
+
+# ---------------------------------------------------------------- helpers shared by test_train_*.py
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory) -> Path:
+    """sklearn digits written as PNG files (train: digits 0-4), shared by the training tests."""
+    cfg = parse_config(tiny_params())
+    out = tmp_path_factory.mktemp("data") / "digits"
+    prepare(cfg.dataset("digits"), out)
+    return out
+
+
+def params_for(tmp: Path, data: Path, *, epochs: int = 2, mlflow: bool = False, **train_overrides) -> dict:
+    """One run, `r`: the default digits run (small CNN, multi-similarity) made small."""
+    p = tiny_params(runs=("digits-ms",), epochs=epochs, mlflow=mlflow)
+    p["runs"] = {"r": p["runs"]["digits-ms"]}
+    p["paths"] = {"data": str(data.parent), "runs": str(tmp / "runs"), "reports": str(tmp / "reports")}
+    p["mlflow"]["tracking_uri"] = f"sqlite:///{tmp / 'mlflow.db'}"
+    p["mlflow"]["artifact_location"] = str(tmp / "mlartifacts")
+    p["run_defaults"]["train"].update(train_overrides)
+    return p
+
+
+def config_for(tmp: Path, data: Path, **kw):
+    return load_config(write_params(tmp / "params.yaml", params_for(tmp, data, **kw)))
+
+
+# ---------------------------------------------------------------- chunked step == plain step
+
+
+def _setup(loss: str, freeze_bn: bool, seed: int = 0, model: nn.Module | None = None):
+    torch.manual_seed(seed)
+    model = model or build_model(ModelConfig(backbone="small_cnn", embedding_dim=16, freeze_bn=freeze_bn))
+    model.train()
+    criterion = build_criterion(LossConfig(name=loss), TCMConfig(enabled=True), num_classes=4, embedding_dim=16)
+    params = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    if criterion.parameters():
+        params.append({"params": criterion.parameters()})
+    return model, criterion, torch.optim.SGD(params, lr=0.1)
+
+
+def _batch(n: int = 24, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 32, 32, generator=g), torch.arange(n // 4).repeat_interleave(4) % 4
+
+
+@pytest.mark.parametrize("loss", ["multi_similarity", "rs_at_k", "proxy_anchor"])
+def test_chunked_step_gives_the_plain_step_gradients(loss: str) -> None:
+    # BatchNorm in eval mode (freeze_bn): a sample's embedding does not depend on its chunk.
+    x, y = _batch()
+    m1, c1, o1 = _setup(loss, freeze_bn=True)
+    m2, c2, o2 = copy.deepcopy(m1), copy.deepcopy(c1), None
+    o2 = torch.optim.SGD([{"params": g["params"]} for g in _setup(loss, True, model=m2)[2].param_groups], lr=0.1)
+    if c2.parameters():  # the optimizer must hold the copied criterion's proxies
+        o2 = torch.optim.SGD([{"params": [p for p in m2.parameters() if p.requires_grad]},
+                              {"params": c2.parameters()}], lr=0.1)
+    plain = train.train_step(m1, c1, o1, x, y)
+    chunked = train.train_step(m2, c2, o2, x, y, chunk_size=7)  # 7 + 7 + 7 + 3
+    assert plain["loss"].item() == pytest.approx(chunked["loss"].item(), abs=1e-6)
+    named = dict(m2.named_parameters())
+    for name, p in m1.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(named[name].grad, p.grad, atol=1e-6, rtol=1e-4, msg=name)
+            torch.testing.assert_close(named[name], p, atol=1e-6, rtol=1e-5, msg=name)
+    for a, b in zip(c1.parameters(), c2.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-4)
+
+
+def test_chunked_step_updates_batchnorm_statistics_once_per_chunk() -> None:
+    # BatchNorm in train mode: each chunk is normalised with its own statistics (as RS@k's
+    # reference code does) and updates the running statistics once, not twice.
+    x, y = _batch()
+    model, criterion, opt = _setup("multi_similarity", freeze_bn=False)
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for sl in (slice(0, 10), slice(10, 20), slice(20, 24)):
+            reference(x[sl])
+    train.train_step(model, criterion, opt, x, y, chunk_size=10)
+    bn = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    ref_bn = [m for m in reference.modules() if isinstance(m, nn.BatchNorm2d)]
+    for a, b in zip(bn, ref_bn):
+        torch.testing.assert_close(a.running_mean, b.running_mean)
+        torch.testing.assert_close(a.running_var, b.running_var)
+        assert a.num_batches_tracked.item() == 3
+
+
+class _DropoutNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 32), nn.ReLU(), nn.Dropout(0.5),
+                                  nn.Linear(32, 16))
+
+    def forward(self, x):
+        return F.normalize(self.body(x), dim=-1)
+
+
+def test_chunked_step_replays_dropout_masks() -> None:
+    # The recomputation must see the dropout masks of the no-grad pass: compare with a step whose
+    # forward runs the same chunks in order with autograd.
+    x, y = _batch()
+    m1, c1, o1 = _setup("multi_similarity", False, model=_DropoutNet())
+    m2, c2 = copy.deepcopy(m1), copy.deepcopy(c1)
+    o2 = torch.optim.SGD(m2.parameters(), lr=0.1)
+    torch.manual_seed(5)
+    emb = torch.cat([m1(x[i:i + 8]) for i in range(0, 24, 8)])
+    c1(emb, y)["loss"].backward()
+    torch.manual_seed(5)
+    train.train_step(m2, c2, o2, x, y, chunk_size=8)
+    for (name, a), b in zip(m1.named_parameters(), m2.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_warmup_freezes_the_backbone_and_clipping_bounds_gradients() -> None:
+    x, y = _batch()
+    model, criterion, opt = _setup("multi_similarity", freeze_bn=False)
+    backbone = [p.detach().clone() for p in model.backbone.parameters()]
+    head = model.head.weight.detach().clone()
+    train.train_step(model, criterion, opt, x, y, frozen=list(model.backbone.parameters()), clip_grad_value=1e-3)
+    assert all(torch.equal(a, b) for a, b in zip(backbone, model.backbone.parameters()))
+    assert not torch.equal(head, model.head.weight)
+    assert model.head.weight.grad.abs().max() <= 1e-3
+
+
+def test_non_finite_loss_raises_before_any_change() -> None:
+    x, y = _batch()
+    model, criterion, opt = _setup("multi_similarity", freeze_bn=False)
+    before = copy.deepcopy(model.state_dict())
+    x[0] = float("nan")
+    with pytest.raises(train.NonFiniteLoss):
+        train.train_step(model, criterion, opt, x, y)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()
+               if "running" not in k and "num_batches" not in k)  # BN statistics may move: no parameter does
+
+
+# ---------------------------------------------------------------- schedules and sampling
+
+
+def test_step_schedule_matches_multistep_lr_per_epoch(tmp_path, digits_dir) -> None:
+    cfg = config_for(tmp_path, digits_dir, epochs=5, schedule="step", lr_milestones=[2, 4], lr_gamma=0.3, lr=1.0)
+    param = nn.Parameter(torch.zeros(1))
+    ours = torch.optim.SGD([param], lr=1.0)
+    sched = train.make_scheduler(cfg.run("r"), ours, steps_per_epoch=3)
+    theirs = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    ref = torch.optim.lr_scheduler.MultiStepLR(theirs, milestones=[2, 4], gamma=0.3)
+    for epoch in range(5):
+        for _ in range(3):
+            assert ours.param_groups[0]["lr"] == pytest.approx(theirs.param_groups[0]["lr"])
+            ours.step()
+            sched.step()
+        theirs.step()
+        ref.step()
+
+
+def test_loader_draws_m_per_class_batches_per_process(tmp_path, digits_dir) -> None:
+    from tcm.data import ManifestDataset, read_manifest
+
+    cfg = config_for(tmp_path, digits_dir, batch_size=40, m_per_class=4, samples_per_epoch=400)
+    ds = ManifestDataset(read_manifest(digits_dir), "train")
+    batches = {}
+    for rank in (0, 1):
+        loader = train.make_loader(ds, cfg.run("r"), "r", torch.device("cpu"), world_size=2)
+        train.seed_everything(train.epoch_seed(0, 1, rank))
+        idx = list(loader.sampler)
+        assert len(loader) == 10 and loader.batch_size == 20  # 400 images / 2 processes / 20
+        for b in range(0, len(idx), 20):
+            _, counts = np.unique(ds.labels[idx[b:b + 20]], return_counts=True)
+            assert set(counts) == {4}
+        batches[rank] = idx
+    assert batches[0] != batches[1]
+    with pytest.raises(Exception, match="split into 3 processes"):
+        train.make_loader(ds, cfg.run("r"), "r", torch.device("cpu"), world_size=3)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path, digits_dir,
+                                                                                monkeypatch) -> None:
+    cfg = config_for(tmp_path, digits_dir, epochs=3)
+    real = train.build_criterion
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        crit = real(*a, **k)
+        base = crit.base
+
+        class Poison(nn.Module):
+            def forward(self, emb, labels, *rest):
+                calls["n"] += 1
+                out = base(emb, labels, *rest)
+                return out * float("nan") if calls["n"] == 2 + 2 else out  # epoch 2 has 2 steps: its 2nd
+
+        crit.base = Poison()
+        return crit
+
+    monkeypatch.setattr(train, "build_criterion", poisoned)
+    with pytest.raises(train.TrainingDiverged, match=r"loss is nan at epoch 2, step 2.*epoch 1"):
+        train.run(cfg, "r", progress=False)
+    state = torch.load(tmp_path / "runs/r/checkpoint.pt", weights_only=False)
+    assert state["epoch"] == 1
+    assert list(pd.read_csv(tmp_path / "runs/r/history.csv").epoch) == [1]
+
+
+def test_run_writes_history_and_reruns_nothing_when_finished(tmp_path, digits_dir, capsys) -> None:
+    cfg = config_for(tmp_path, digits_dir, epochs=2)
+    first = train.run(cfg, "r", progress=False)
+    assert list(first.history.columns) == ["epoch", "loss", "base_loss", "tcm_loss", "lr", "images_per_s", "seconds"]
+    assert list(pd.read_csv(tmp_path / "runs/r/history.csv").epoch) == [1, 2]
+    again = train.run(cfg, "r", progress=False)
+    assert "resuming run r after epoch 2 of 2" in capsys.readouterr().err
+    pd.testing.assert_frame_equal(first.history, again.history)
+
+
+def test_checkpoint_of_another_model_structure_starts_afresh(tmp_path, digits_dir, monkeypatch, capsys) -> None:
+    # The bug of issue 5: same params, changed code (here: another head size) -> start fresh, no crash.
+    cfg = config_for(tmp_path, digits_dir, epochs=1)
+    train.run(cfg, "r", progress=False)
+    real = train.build_model
+    monkeypatch.setattr(train, "build_model", lambda m: real(m.model_copy(update={"embedding_dim": 32})))
+    result = train.run(cfg, "r", progress=False)
+    assert "written with other settings or another model" in capsys.readouterr().err
+    assert len(result.history) == 1
+    state = torch.load(tmp_path / "runs/r/checkpoint.pt", weights_only=False)
+    assert state["model"]["head.weight"].shape[0] == 32
+
+
+def test_checkpoint_that_does_not_load_starts_afresh(tmp_path, digits_dir, capsys) -> None:
+    cfg = config_for(tmp_path, digits_dir, epochs=1)
+    train.run(cfg, "r", progress=False)
+    path = tmp_path / "runs/r/checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    state["model"].pop("head.bias")
+    torch.save(state, path)
+    result = train.run(cfg, "r", progress=False)
+    assert "does not load into this model" in capsys.readouterr().err
+    assert len(result.history) == 1
+    path.write_bytes(b"not a checkpoint")
+    assert len(train.run(cfg, "r", progress=False).history) == 1
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_chunked_large_batch_recipe_trains_end_to_end(tmp_path, digits_dir) -> None:
+    cfg = config_for(tmp_path, digits_dir, epochs=1, batch_size=80, m_per_class=16, chunk_size=32,
+                     schedule="step", lr_milestones=[1], warmup_epochs=1, clip_grad_value=10.0)
+    params = yaml_load(tmp_path / "params.yaml")
+    params["runs"]["r"]["loss"] = {"name": "rs_at_k"}
+    cfg = load_config(write_params(tmp_path / "params.yaml", params))
+    result = train.run(cfg, "r", progress=False)
+    assert np.isfinite(result.history.loss).all()
+
+
+def yaml_load(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
