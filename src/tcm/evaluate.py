@@ -56,8 +56,9 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
     write_json(out / METRICS, metrics)
 
     tracker = tracker or Tracker(cfg)
-    run_id = json.loads((out / RUN_INFO).read_text()).get("mlflow_run_id")
-    run_id = tracker.start_run(name, {}, stage="evaluate", run_id=run_id)
+    info = json.loads((out / RUN_INFO).read_text())
+    # A new MLflow run (when train's is not in this store) still gets the run's settings as params.
+    run_id = tracker.start_run(name, info.get("settings", {}), stage="evaluate", run_id=info.get("mlflow_run_id"))
     tracker.log_metrics(run_id, {"test": {k: v for k, v in metrics.items() if k != "settings"}})
     tracker.log_artifacts(run_id, [out / METRICS, out / RUN_INFO], "results")
     tracker.end_run(run_id)

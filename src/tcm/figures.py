@@ -20,7 +20,7 @@ def save(fig: plt.Figure, png: Path) -> Path:
     """Write ``png`` and a PDF twin beside it; returns the PNG path."""
     for path in (png, png.with_suffix(".pdf")):
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=path.suffix[1:], dpi=120, bbox_inches="tight", metadata=_METADATA[path.suffix])
+            fig.savefig(tmp, format=path.suffix[1:], dpi=120, metadata=_METADATA[path.suffix])
     plt.close(fig)
     return png
 
@@ -37,7 +37,7 @@ def draw_utility(ax: plt.Axes, curves: pd.DataFrame, title: str) -> None:
 
 def utility_pair(without: pd.DataFrame, with_tcm: pd.DataFrame, title: str) -> plt.Figure:
     """Per-class utility vs threshold without and with TCM (the paper's figure 2 style)."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True, layout="constrained")
     draw_utility(axes[0], without, f"{title} — without TCM")
     draw_utility(axes[1], with_tcm, f"{title} — with TCM")
     fig.suptitle("Per-class utility over the calibration range (one line per test class)")
@@ -62,7 +62,7 @@ def pareto_front(recall: np.ndarray, opis: np.ndarray) -> np.ndarray:
 
 def landscape(summary: pd.DataFrame) -> plt.Figure:
     """Recall@1 vs OPIS of every evaluated run, without / with TCM, with the Pareto frontier."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    fig, ax = plt.subplots(figsize=(6.5, 4.8), layout="constrained")
     for tcm, marker in ((False, "o"), (True, "^")):
         d = summary[summary["tcm"] == tcm]
         ax.scatter(d["R@1"], d["OPIS"], marker=marker, s=60, label="with TCM" if tcm else "without TCM")
@@ -79,7 +79,7 @@ def landscape(summary: pd.DataFrame) -> plt.Figure:
 
 
 def training_curves(histories: dict[str, pd.DataFrame]) -> plt.Figure:
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
     for name, h in histories.items():
         for ax, col in zip(axes, ("loss", "base_loss", "tcm_loss")):
             ax.plot(h["epoch"], h[col], marker=".", label=name)
@@ -110,7 +110,7 @@ def pair_similarities(emb: np.ndarray, labels: np.ndarray, limit: int = 3000) ->
 def similarity_histograms(runs: dict[str, tuple[np.ndarray, np.ndarray]], margins: tuple[float, float],
                           title: str) -> plt.Figure:
     """Positive / negative pair similarity histograms per run, with TCM's margins m+ and m- marked."""
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 3.8), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 3.8), sharey=True, squeeze=False, layout="constrained")
     for ax, (label, (emb, y)) in zip(axes[0], runs.items()):
         pos, neg = pair_similarities(emb, y)
         bins = np.linspace(-1, 1, 81)
@@ -126,7 +126,7 @@ def similarity_histograms(runs: dict[str, tuple[np.ndarray, np.ndarray]], margin
 def embeddings_2d(runs: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> plt.Figure:
     """Test embeddings in 2-D: as they are when 2-D (the toy), else their first two principal
     components (fitted on each run's own embeddings)."""
-    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 5), squeeze=False)
+    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 5), squeeze=False, layout="constrained")
     for ax, (label, (emb, y)) in zip(axes[0], runs.items()):
         x, y = _sample(emb, y, 5000)
         if x.shape[1] != 2:
@@ -138,7 +138,7 @@ def embeddings_2d(runs: dict[str, tuple[np.ndarray, np.ndarray]], title: str) ->
         cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
         for i, c in enumerate(classes[:20]):
             m = y == c
-            ax.scatter(x[m, 0], x[m, 1], s=4, alpha=0.6, color=cmap(i % cmap.N), label=str(c))
+            ax.scatter(x[m, 0], x[m, 1], s=4, alpha=0.6, color=cmap(i % cmap.N), label=str(c), rasterized=True)
         ax.set(title=f"{title} — {label}", aspect="equal")
         if len(classes) <= 10:
             ax.legend(fontsize=7, markerscale=3, loc="upper right")
@@ -151,7 +151,7 @@ def sample_images(manifest, per_class: int = 8, max_classes: int = 10) -> plt.Fi
 
     table = manifest.table
     classes = sorted(table["label"].unique())[:max_classes]
-    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.9, len(classes) * 0.9), squeeze=False)
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.9, len(classes) * 0.9), squeeze=False, layout="constrained")
     for row, c in zip(axes, classes):
         files = table.loc[table["label"] == c, "path"].head(per_class).tolist()
         for ax in row:
@@ -161,13 +161,12 @@ def sample_images(manifest, per_class: int = 8, max_classes: int = 10) -> plt.Fi
                 ax.imshow(img.convert("RGB"))
         split = table.loc[table["label"] == c, "split"].iloc[0]
         row[0].set_title(f"class {c} ({split})", fontsize=7, loc="left")
-    fig.tight_layout()
     return fig
 
 
 def history(history: pd.DataFrame, title: str = "") -> plt.Figure:
     """Loss parts and throughput per epoch of one run."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5), layout="constrained")
     for col in ("loss", "base_loss", "tcm_loss"):
         a.plot(history["epoch"], history[col], marker=".", label=col)
     a.set(xlabel="epoch", ylabel="loss", title=title)
@@ -179,6 +178,6 @@ def history(history: pd.DataFrame, title: str = "") -> plt.Figure:
 
 def run_utility(curves: pd.DataFrame, title: str) -> plt.Figure:
     """Per-class utility vs threshold of one run."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     draw_utility(ax, curves, title)
     return fig

@@ -53,6 +53,7 @@ class Tracker:
         global _NOTICE_SHOWN
         self.cfg = cfg
         self.client = None
+        self._known: dict[str, bool] = {}
         if not cfg.mlflow.enabled:
             return
         try:
@@ -74,20 +75,31 @@ class Tracker:
     def enabled(self) -> bool:
         return self.client is not None
 
+    def _live(self, run_id: str | None) -> bool:
+        """Whether ``run_id`` is a run of this store: a run.json from another machine (or a store
+        that was deleted) names runs that are not here, and logging to them must not fail a stage."""
+        if not (self.enabled and run_id):
+            return False
+        if run_id not in self._known:
+            try:
+                self.client.get_run(run_id)
+                self._known[run_id] = True
+            except Exception:
+                print(f"tcm: MLflow run {run_id} is not in this store; not logging to it", file=sys.stderr)
+                self._known[run_id] = False
+        return self._known[run_id]
+
     def start_run(self, run_name: str, params: Mapping[str, Any], stage: str, run_id: str | None = None) -> str | None:
         """Continue ``run_id`` when given and present in the store, else create a run."""
         if not self.enabled:
             return None
-        if run_id is not None:
-            try:
-                self.client.get_run(run_id)
-                self.client.update_run(run_id, status="RUNNING")
-                self.set_stage(run_id, stage)
-                return run_id
-            except Exception:
-                pass  # the store was reset: start afresh rather than fail the stage
+        if self._live(run_id):
+            self.client.update_run(run_id, status="RUNNING")
+            self.set_stage(run_id, stage)
+            return run_id
         tags = {"tcm.run": run_name, "git_commit": git_commit(self.cfg.base_dir), "stage": stage}
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        self._known[run.info.run_id] = True
         flat = flatten(params)
         from mlflow.entities import Param
 
@@ -95,12 +107,12 @@ class Tracker:
         return run.info.run_id
 
     def set_stage(self, run_id: str | None, stage: str) -> None:
-        if self.enabled and run_id:
+        if self._live(run_id):
             self.client.set_tag(run_id, "stage", stage)
             self.client.set_tag(run_id, f"stage.{stage}.git_commit", git_commit(self.cfg.base_dir))
 
     def log_metrics(self, run_id: str | None, metrics: Mapping[str, float], step: int | None = None) -> None:
-        if not (self.enabled and run_id):
+        if not self._live(run_id):
             return
         import time
 
@@ -112,12 +124,12 @@ class Tracker:
         self.client.log_batch(run_id, metrics=batch)
 
     def log_artifacts(self, run_id: str | None, paths: Iterable[Path], artifact_path: str | None = None) -> None:
-        if not (self.enabled and run_id):
+        if not self._live(run_id):
             return
         for p in paths:
             if Path(p).is_file():
                 self.client.log_artifact(run_id, str(p), artifact_path)
 
     def end_run(self, run_id: str | None, status: str = "FINISHED") -> None:
-        if self.enabled and run_id:
+        if self._live(run_id):
             self.client.set_terminated(run_id, status=status)
