@@ -23,6 +23,22 @@ def test_repository_params_are_valid() -> None:
     assert cfg.base_dir == REPO
 
 
+def test_loss_params_table_matches_the_loss_classes() -> None:
+    from tcm.config import BASE_LOSSES, LOSS_PARAMS, accepted_loss_params
+
+    assert set(LOSS_PARAMS) == set(BASE_LOSSES)
+    for name, accepted in LOSS_PARAMS.items():
+        assert list(accepted) == accepted_loss_params(name), name
+
+
+def test_validating_params_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = f"import sys; from tcm.config import load_config; load_config({str(REPO / 'params.yaml')!r}); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
 def test_deep_merge_overrides_leaves_and_keeps_siblings() -> None:
     base = {"train": {"epochs": 10, "lr": 0.1}, "tags": [1, 2]}
     assert deep_merge(base, {"train": {"epochs": 3}, "tags": [3]}) == {"train": {"epochs": 3, "lr": 0.1}, "tags": [3]}

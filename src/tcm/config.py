@@ -47,6 +47,25 @@ _LOSS_ARGS_SET_BY_CODE = {"num_classes", "embedding_size", "distance", "reducer"
                           "embedding_reg_weight", "collect_stats"}
 
 
+# Keyword arguments each base loss accepts from params (constructor arguments minus those the code
+# sets). Written out rather than read from the classes so that validating params.yaml does not
+# import torch (seconds per pipeline stage); tests/test_config.py checks it against the signatures.
+LOSS_PARAMS: dict[str, tuple[str, ...]] = {
+    "multi_similarity": ("alpha", "base", "beta"),
+    "proxy_anchor": ("alpha", "margin"),
+    "smooth_ap": ("include_query", "temperature"),
+    "rs_at_k": ("include_query", "k_temperatures", "k_values", "temperature"),
+    "contrastive": ("neg_margin", "pos_margin"),
+    "triplet": ("margin", "smooth_loss", "swap", "triplets_per_anchor"),
+}
+
+
+def accepted_loss_params(name: str) -> list[str]:
+    """Constructor arguments of base loss ``name`` that params may set (imports the class)."""
+    cls = loss_class(name)
+    return sorted(set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"} - _LOSS_ARGS_SET_BY_CODE)
+
+
 def loss_class(name: str) -> type:
     """The class behind base loss ``name`` of :data:`BASE_LOSSES` (imported lazily)."""
     target = BASE_LOSSES[name]
@@ -150,11 +169,10 @@ class LossConfig(_Strict):
 
     @model_validator(mode="after")
     def _known_params(self) -> LossConfig:
-        cls = loss_class(self.name)
-        accepted = sorted(set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"} - _LOSS_ARGS_SET_BY_CODE)
+        accepted = LOSS_PARAMS[self.name]
         unknown = sorted(set(self.params) - set(accepted))
         if unknown:
-            raise ValueError(f"unknown params {unknown} for loss '{self.name}'; accepted: {accepted}")
+            raise ValueError(f"unknown params {unknown} for loss '{self.name}'; accepted: {list(accepted)}")
         return self
 
 

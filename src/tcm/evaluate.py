@@ -20,9 +20,10 @@ from tcm.io import atomic_path, write_json
 from tcm.metrics import all_metrics
 from tcm.metrics.opis import curves_table  # noqa: F401  (kept importable from tcm.evaluate)
 from tcm.tracking import Tracker
-from tcm.train import RUN_INFO, load_trained, pick_device
+from tcm.files import RUN_INFO
+from tcm.train import load_trained, pick_device
 
-METRICS, EMBEDDINGS, CURVES = "metrics.json", "embeddings.npz", "curves.csv"
+from tcm.files import CURVES, EMBEDDINGS, METRICS  # noqa: E402,F401  (re-exported)
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ import pandas as pd
 
 from tcm.config import Config, ConfigError
 from tcm.data import read_manifest
-from tcm.evaluate import CURVES, EMBEDDINGS, METRICS
+from tcm.files import CURVES, EMBEDDINGS, METRICS
 from tcm.train import load_trained
 
 

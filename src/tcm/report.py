@@ -17,10 +17,9 @@ import pandas as pd
 
 from tcm import figures
 from tcm.config import Config
-from tcm.evaluate import CURVES, EMBEDDINGS, METRICS
+from tcm.files import CURVES, EMBEDDINGS, HISTORY, METRICS, RUN_INFO
 from tcm.io import atomic_path, write_json, write_text
 from tcm.tracking import Tracker
-from tcm.train import HISTORY, RUN_INFO
 
 # The paper's headline figures (authors' blog post; ../shared/paper.md). Nothing else is quoted.
 PAPER_CLAIMS = {

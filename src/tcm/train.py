@@ -42,7 +42,7 @@ from tcm.losses import Criterion, build_criterion
 from tcm.models import build_model, structure_signature
 from tcm.tracking import Tracker
 
-CHECKPOINT, HISTORY, RUN_INFO = "checkpoint.pt", "history.csv", "run.json"
+from tcm.files import CHECKPOINT, HISTORY, RUN_INFO  # noqa: E402,F401  (re-exported)
 
 
 class TrainingDiverged(RuntimeError):

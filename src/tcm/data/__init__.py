@@ -8,8 +8,17 @@ from pathlib import Path
 
 from tcm.config import DatasetConfig
 from tcm.data.benchmark import BENCHMARK_NAMES
-from tcm.data.dataset import ManifestDataset
 from tcm.data.manifest import DataError, Manifest, read_manifest, write_manifest
+
+def __getattr__(name: str):
+    # ManifestDataset needs torch; importing it lazily keeps `tcm data`, params validation and the
+    # report free of torch's start-up cost.
+    if name == "ManifestDataset":
+        from tcm.data.dataset import ManifestDataset
+
+        return ManifestDataset
+    raise AttributeError(f"module 'tcm.data' has no attribute {name!r}")
+
 
 __all__ = ["BENCHMARK_NAMES", "DataError", "Manifest", "ManifestDataset", "prepare", "read_manifest"]
 
