@@ -9,6 +9,7 @@
     tcm evaluate --run RUN
     tcm evaluate EMBEDDINGS LABELS --out metrics.json [--k 1 2 4 8] [--curves curves.csv] [...]
     tcm report
+    tcm profile [NAME]               (write profiles/NAME.yaml as params.yaml; no NAME: list them)
 
 Errors the user can fix (bad params, missing data) print one line and exit 2, no traceback.
 """

@@ -151,7 +151,7 @@ def sample_images(manifest, per_class: int = 8, max_classes: int = 10) -> plt.Fi
 
     table = manifest.table
     classes = sorted(table["label"].unique())[:max_classes]
-    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.9, len(classes) * 0.9), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.9, len(classes) * 0.9), squeeze=False)
     for row, c in zip(axes, classes):
         files = table.loc[table["label"] == c, "path"].head(per_class).tolist()
         for ax in row:

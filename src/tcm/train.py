@@ -156,7 +156,10 @@ def make_loader(dataset: ManifestDataset, run: RunConfig, name: str, device: tor
     length = (t.samples_per_epoch or len(dataset)) // world_size
     sampler = _m_per_class_sampler(dataset.labels, t.m_per_class, batch, max(length, batch))
     return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True, num_workers=t.num_workers,
-                      pin_memory=device.type == "cuda", persistent_workers=t.num_workers > 0)
+                      # Workers are started anew each epoch, seeded from the per-epoch seed: persistent
+                      # workers would carry their random state across epochs, so a resumed run would
+                      # augment differently from an uninterrupted one.
+                      pin_memory=device.type == "cuda", persistent_workers=False)
 
 
 def make_optimizer(run: RunConfig, model: nn.Module, loss_params: list) -> torch.optim.Optimizer:
