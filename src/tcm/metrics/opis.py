@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:  # pandas is imported only where the table is built
+    import pandas
 
 from tcm.metrics.histograms import ClassHistograms
 
@@ -130,7 +133,7 @@ def eps_opis(curves: UtilityCurves, eps: float = 0.05) -> float:
     return float(np.mean((top - bottom) ** 2))
 
 
-def curves_table(curves: UtilityCurves) -> "pandas.DataFrame":  # noqa: F821
+def curves_table(curves: UtilityCurves) -> pandas.DataFrame:
     """Long format: one row per (class, threshold); the pooled curve has class 'overall'."""
     import pandas as pd
 
