@@ -15,14 +15,12 @@ from tqdm import tqdm
 from tcm.config import Config
 from tcm.data import ManifestDataset, read_manifest
 from tcm.data.transforms import test_transform
+from tcm.files import CURVES, EMBEDDINGS, METRICS, RUN_INFO
 from tcm.io import atomic_path, write_json
 from tcm.metrics import all_metrics
-from tcm.metrics.opis import curves_table  # noqa: F401  (kept importable from tcm.evaluate)
+from tcm.metrics.opis import curves_table
 from tcm.tracking import Tracker
-from tcm.files import RUN_INFO
 from tcm.train import load_trained, pick_device
-
-from tcm.files import CURVES, EMBEDDINGS, METRICS  # noqa: E402,F401  (re-exported)
 
 
 @torch.no_grad()

@@ -180,7 +180,7 @@ def _readme(cfg: Config, summary: pd.DataFrame, comparison: pd.DataFrame, claims
         "## Settings used", "",
         f"- OPIS: utility = F-beta of TPR and TNR with beta = {o.beta}; calibration range = the thresholds where "
         f"the overall FAR is in [{o.far_range[0]}, {o.far_range[1]}], {o.n_thresholds} evenly spaced; "
-        f"class weights: {getattr(o, 'class_weighting', 'uniform')}; eps-OPIS with eps = {o.eps}.",
+        f"class weights: {o.class_weighting}; eps-OPIS with eps = {o.eps}.",
         f"- Recall@k for k = {list(ev.recall_k)}; cosine similarity; each test image queries all others.",
         f"- Runs: {len(cfg.runs)} configured, {int((summary['status'] == 'done').sum())} evaluated; "
         f"{len(comparison)} without/with-TCM comparisons. Settings of each run: `runs/<run>/run.json` "

@@ -37,12 +37,11 @@ from tqdm import tqdm
 from tcm.config import Config, ConfigError, RunConfig, resolved_run
 from tcm.data import ManifestDataset, read_manifest
 from tcm.data.transforms import train_transform
+from tcm.files import CHECKPOINT, HISTORY, RUN_INFO
 from tcm.io import atomic_path, write_json
 from tcm.losses import Criterion, build_criterion
 from tcm.models import build_model, structure_signature
 from tcm.tracking import Tracker
-
-from tcm.files import CHECKPOINT, HISTORY, RUN_INFO  # noqa: E402,F401  (re-exported)
 
 
 class TrainingDiverged(RuntimeError):
