@@ -24,7 +24,8 @@ def test_repository_params_are_valid() -> None:
 
 
 def test_loss_params_table_matches_the_loss_classes() -> None:
-    from tcm.config import BASE_LOSSES, LOSS_PARAMS, accepted_loss_params
+    from tcm.config import LOSS_PARAMS
+    from tcm.losses.registry import BASE_LOSSES, accepted_loss_params
 
     assert set(LOSS_PARAMS) == set(BASE_LOSSES)
     for name, accepted in LOSS_PARAMS.items():

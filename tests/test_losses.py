@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.losses import SmoothAPLoss, ThresholdConsistentMarginLoss
 
-from tcm.config import BASE_LOSSES, ConfigError, LossConfig, TCMConfig, parse_config
+from tcm.config import ConfigError, LossConfig, TCMConfig, parse_config
+from tcm.losses.registry import BASE_LOSSES
 from tcm.losses import ThresholdConsistentMargin, build_criterion
 from tcm.losses.ranking import SmoothAP
 from tcm.losses.recall_at_k import RecallAtKSurrogate

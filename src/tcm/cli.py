@@ -22,8 +22,9 @@ from pathlib import Path
 
 from tcm.config import ConfigError, load_config
 from tcm.data import DataError
+from tcm.runfiles import CheckpointError
 
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError, FileNotFoundError)
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError, CheckpointError, FileNotFoundError)
 
 
 def _params_arg(p: argparse.ArgumentParser) -> None:
@@ -123,7 +124,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.params)
     result = train.run(cfg, args.run)
-    print(f"trained {args.run}: {len(result.history)} epochs -> {result.run_dir}")
+    seeds = sorted(int(s) for s in result.history["seed"].unique()) if len(result.history) else []
+    print(f"trained {args.run}: seeds {seeds}, {result.history['epoch'].max()} epochs each -> {result.run_dir}")
     return 0
 
 
@@ -140,9 +142,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from tcm import evaluate
 
     cfg = load_config(args.params)
-    m = evaluate.run(cfg, args.run)
-    print(f"{args.run}: R@1 {m['recall_at_k']['1']:.4f}  MAP@R {m['map_at_r']:.4f}  OPIS {m['opis']:.5f}  "
-          f"eps-OPIS {m['eps_opis']:.5f}")
+    per_seed = evaluate.run(cfg, args.run)
+    for seed, m in per_seed.items():
+        print(f"{args.run} seed {seed}: R@1 {m['recall_at_k']['1']:.4f}  MAP@R {m['map_at_r']:.4f}  "
+              f"OPIS {m['opis']:.5f}  eps-OPIS {m['eps_opis']:.5f}")
     return 0
 
 

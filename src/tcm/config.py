@@ -11,7 +11,6 @@ hyperparameter once, next to its default; the merged run is what gets validated 
 from __future__ import annotations
 
 import copy
-import inspect
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,27 +28,14 @@ from pydantic import (
     model_validator,
 )
 
+from tcm.runfiles import RunDir
+
 DATASET_SOURCES = ("sklearn_digits", "mnist", "cub", "cars196", "sop", "inat2018")
 BACKBONES = ("small_cnn", "resnet50", "vit_b_16", "vit_tiny")  # vit_tiny: 32 px, for smoke runs
-# Base losses by params name -> pytorch-metric-learning class name, or "module:Class" for a loss of
-# ours (see tcm.losses.registry). Smooth-AP is ours: pml's SmoothAPLoss mis-groups positives when m
-# differs from the number of classes in the batch, and needs O(batch^3) memory (tests/test_losses.py).
-BASE_LOSSES = {
-    "multi_similarity": "MultiSimilarityLoss",
-    "proxy_anchor": "ProxyAnchorLoss",
-    "smooth_ap": "tcm.losses.ranking:SmoothAP",
-    "rs_at_k": "tcm.losses.recall_at_k:RecallAtKSurrogate",
-    "contrastive": "ContrastiveLoss",
-    "triplet": "TripletMarginLoss",
-}
-# Constructor arguments that the registry fills in itself, so params must not set them.
-_LOSS_ARGS_SET_BY_CODE = {"num_classes", "embedding_size", "distance", "reducer", "embedding_regularizer",
-                          "embedding_reg_weight", "collect_stats"}
-
-
-# Keyword arguments each base loss accepts from params (constructor arguments minus those the code
-# sets). Written out rather than read from the classes so that validating params.yaml does not
-# import torch (seconds per pipeline stage); tests/test_config.py checks it against the signatures.
+# Base losses by params name, with the keyword arguments each accepts from params (constructor
+# arguments minus those the code sets; the classes are in tcm.losses.registry). Written out rather
+# than read from the classes so that validating params.yaml does not import torch (seconds per
+# pipeline stage); tests/test_config.py checks it against the signatures.
 LOSS_PARAMS: dict[str, tuple[str, ...]] = {
     "multi_similarity": ("alpha", "base", "beta"),
     "proxy_anchor": ("alpha", "margin"),
@@ -58,25 +44,6 @@ LOSS_PARAMS: dict[str, tuple[str, ...]] = {
     "contrastive": ("neg_margin", "pos_margin"),
     "triplet": ("margin", "smooth_loss", "swap", "triplets_per_anchor"),
 }
-
-
-def accepted_loss_params(name: str) -> list[str]:
-    """Constructor arguments of base loss ``name`` that params may set (imports the class)."""
-    cls = loss_class(name)
-    return sorted(set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"} - _LOSS_ARGS_SET_BY_CODE)
-
-
-def loss_class(name: str) -> type:
-    """The class behind base loss ``name`` of :data:`BASE_LOSSES` (imported lazily)."""
-    target = BASE_LOSSES[name]
-    if ":" in target:
-        import importlib
-
-        module, cls = target.split(":")
-        return getattr(importlib.import_module(module), cls)
-    import pytorch_metric_learning.losses as pml_losses
-
-    return getattr(pml_losses, target)
 
 
 class ConfigError(ValueError):
@@ -158,7 +125,7 @@ class ModelConfig(_Strict):
 
 
 class LossConfig(_Strict):
-    name: Literal[tuple(BASE_LOSSES)]  # type: ignore[valid-type]
+    name: Literal[tuple(LOSS_PARAMS)]  # type: ignore[valid-type]
     # Keyword arguments of the loss class, e.g. {alpha: 2, beta: 50} for multi_similarity,
     # {k_values: [1, 2, 4, 8, 16]} for rs_at_k.
     params: dict[str, float | int | bool | str | list[float | int]] = Field(default_factory=dict)
@@ -215,7 +182,8 @@ class TrainConfig(_Strict):
     # `bs_base`). null = one forward pass for the whole batch.
     chunk_size: PositiveInt | None = None
     compile: bool = False  # torch.compile the model
-    seed: NonNegativeInt = 0
+    # One training per seed; the report gives mean, sd and paired 95% intervals over them.
+    seeds: list[NonNegativeInt] = Field(default_factory=lambda: [0], min_length=1)
     num_workers: NonNegativeInt = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True  # bf16 autocast, CUDA only
@@ -229,6 +197,8 @@ class TrainConfig(_Strict):
             )
         if self.schedule == "step" and not self.lr_milestones:
             raise ValueError("schedule 'step' needs lr_milestones (epochs after which lr is multiplied by lr_gamma)")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, but got {self.seeds}")
         if self.lr_milestones != sorted(set(self.lr_milestones)):
             raise ValueError(f"lr_milestones must be strictly increasing, but got {self.lr_milestones}")
         return self
@@ -326,8 +296,8 @@ class Config(_Strict):
             raise ConfigError(f"unknown dataset {name!r}; datasets in params.yaml: {sorted(self.datasets)}")
         return self.datasets[name]
 
-    def run_dir(self, name: str) -> Path:
-        return self.path(self.paths.runs) / name
+    def run_dir(self, name: str) -> RunDir:
+        return RunDir(self.path(self.paths.runs) / name)
 
     def data_dir(self, name: str) -> Path:
         return self.path(self.paths.data) / name

@@ -1,10 +1,10 @@
-"""Evaluation: ``run(cfg, name)`` embeds the test split of a trained run and writes
-``runs/<name>/metrics.json`` (retrieval metrics, OPIS, eps-OPIS and the threshold report, from the
-chunked metrics of ``tcm.metrics``), ``embeddings.npz`` and ``curves.csv`` (per-class utility curves)."""
+"""Evaluation: ``run(cfg, name)`` embeds the test split with each seed's trained model and writes,
+per seed, ``runs/<name>/eval/seed-<s>/`` metrics.json (retrieval metrics, OPIS, eps-OPIS and the
+threshold report, from the chunked metrics of ``tcm.metrics``), embeddings.npz and curves.csv
+(per-class utility curves); and ``runs/<name>/metrics.json``, the mean and sd over seeds."""
 
 from __future__ import annotations
 
-import json
 import sys
 
 import numpy as np
@@ -12,15 +12,17 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from tcm.config import Config
+from tcm.checkpoint import load_trained
+from tcm.config import Config, resolved_run
 from tcm.data import ManifestDataset, read_manifest
 from tcm.data.transforms import test_transform
-from tcm.files import CURVES, EMBEDDINGS, METRICS, RUN_INFO
+from tcm.device import pick_device
 from tcm.io import atomic_path, write_json
 from tcm.metrics import all_metrics
 from tcm.metrics.opis import curves_table
+from tcm.runfiles import CheckpointError
+from tcm.stats import seed_summary
 from tcm.tracking import Tracker
-from tcm.train import load_trained, pick_device
 
 
 @torch.no_grad()
@@ -35,29 +37,55 @@ def embed(model: torch.nn.Module, dataset: ManifestDataset, batch_size: int, dev
     return torch.cat(chunks).numpy()
 
 
-def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool = True) -> dict:
+def _check_trained(state: dict, path, trained_settings: dict) -> None:
+    """A checkpoint is evaluated only when it is the finished training of the current settings."""
+    if state.get("epoch", 0) < state.get("epochs", -1):
+        raise CheckpointError(f"{path}: training stopped after epoch {state['epoch']} of {state['epochs']}; "
+                              "finish it first (dvc repro, or tcm train RUN)")
+    saved = {k: v for k, v in state.get("settings", {}).items() if k != "evaluation"}
+    if saved != trained_settings:
+        raise CheckpointError(f"{path}: trained with other settings than params.yaml's; train the run again "
+                              "(dvc repro, or tcm train RUN)")
+
+
+def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool = True) -> dict[int, dict]:
+    """Evaluate every seed of run ``name``; returns each seed's metrics."""
     run_cfg = cfg.run(name)
-    out = cfg.run_dir(name)
+    run_dir = cfg.run_dir(name)
+    settings = resolved_run(cfg, name)
+    trained_settings = {k: v for k, v in settings.items() if k != "evaluation"}
     device = pick_device(run_cfg.train.device)
-    model, _ = load_trained(out, device)
+    # Every checkpoint is checked before any embedding: a stale or missing one fails in seconds.
+    states = {}
+    for seed in run_cfg.train.seeds:
+        path = run_dir.checkpoint(seed)
+        model, state = load_trained(path, "cpu")
+        _check_trained(state, path, trained_settings)
+        states[seed] = (model, state)
     manifest = read_manifest(cfg.data_dir(run_cfg.dataset))
     dataset = ManifestDataset(manifest, "test", test_transform(cfg.dataset(run_cfg.dataset)))
-    emb = embed(model, dataset, cfg.evaluation.batch_size, device, progress, run_cfg.train.num_workers)
-    metrics, curves = all_metrics(emb, dataset.labels, cfg.evaluation, progress)
-    metrics["run"] = name
-
-    with atomic_path(out / EMBEDDINGS) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, embeddings=emb, labels=dataset.labels)
-    with atomic_path(out / CURVES) as tmp:
-        curves_table(curves).to_csv(tmp, index=False)
-    write_json(out / METRICS, metrics)
-
     tracker = tracker or Tracker(cfg)
-    info = json.loads((out / RUN_INFO).read_text())
-    # A new MLflow run (when train's is not in this store) still gets the run's settings as params.
-    run_id = tracker.start_run(name, info.get("settings", {}), stage="evaluate", run_id=info.get("mlflow_run_id"))
-    tracker.log_metrics(run_id, {"test": {k: v for k, v in metrics.items() if k != "settings"}})
-    tracker.log_artifacts(run_id, [out / METRICS, out / RUN_INFO], "results")
-    tracker.end_run(run_id)
-    return metrics
+
+    per_seed: dict[int, dict] = {}
+    for seed, (model, state) in states.items():
+        emb = embed(model.to(device), dataset, cfg.evaluation.batch_size, device, progress, run_cfg.train.num_workers)
+        metrics, curves = all_metrics(emb, dataset.labels, cfg.evaluation, progress)
+        metrics.update(run=name, seed=seed)
+        with atomic_path(run_dir.seed_embeddings(seed)) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, embeddings=emb, labels=dataset.labels)
+        with atomic_path(run_dir.seed_curves(seed)) as tmp:
+            curves_table(curves).to_csv(tmp, index=False)
+        write_json(run_dir.seed_metrics(seed), metrics)
+        per_seed[seed] = metrics
+
+        # The training's MLflow run, found by its settings and code; a new one if this store lacks it.
+        run_id = tracker.find_run(name, state["config_hash"], state.get("code"))
+        run_id = tracker.start_run(name, settings, stage="evaluate", run_id=run_id, seed=seed,
+                                   tags={"tcm.seed": str(seed), "tcm.config_hash": state["config_hash"],
+                                         "tcm.code": str(state.get("code"))})
+        tracker.log_metrics(run_id, {"test": {k: v for k, v in metrics.items() if k != "settings"}})
+        tracker.log_artifacts(run_id, [run_dir.seed_metrics(seed), run_dir.info], "results")
+        tracker.end_run(run_id)
+    write_json(run_dir.metrics, {"run": name, **seed_summary(per_seed)})
+    return per_seed

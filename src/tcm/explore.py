@@ -13,15 +13,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from tcm.checkpoint import load_trained
 from tcm.config import Config, ConfigError
 from tcm.data import read_manifest
-from tcm.files import CURVES, EMBEDDINGS, METRICS
-from tcm.train import load_trained
+from tcm.tracking import Tracker
 
 
 @dataclass(frozen=True)
 class RunView:
     name: str
+    seed: int
     embeddings: np.ndarray  # (N, d), test split, manifest order
     labels: np.ndarray
     images: list[Path]
@@ -30,32 +31,44 @@ class RunView:
     checkpoint: dict  # epoch, settings, ... (no tensors)
 
 
-def resolve_run(cfg: Config, ref: str) -> str:
-    """A run name of params.yaml, given the name itself or the id of its MLflow run."""
+def resolve_run(cfg: Config, ref: str) -> tuple[str, int | None]:
+    """(run name of params.yaml, seed or None) of a run name, or of an MLflow run id (looked up in
+    the store: the id is machine-specific, so result files do not hold it)."""
     if ref in cfg.runs:
-        return ref
-    for name in cfg.runs:
-        info = cfg.run_dir(name) / "run.json"
-        if info.is_file() and json.loads(info.read_text()).get("mlflow_run_id") == ref:
-            return name
-    raise ConfigError(f"run {ref!r} is neither a run of params.yaml ({sorted(cfg.runs)}) nor the MLflow run id of one")
+        return ref, None
+    tracker = Tracker(cfg)
+    tags = {}
+    if tracker.enabled:
+        try:
+            tags = tracker.client.get_run(ref).data.tags
+        except Exception:  # not an id of this store
+            tags = {}
+    if tags.get("tcm.run") in cfg.runs:
+        seed = tags.get("tcm.seed")
+        return tags["tcm.run"], int(seed) if seed is not None else None
+    raise ConfigError(f"run {ref!r} is neither a run of params.yaml ({sorted(cfg.runs)}) nor the id of an MLflow run "
+                      f"of one in {cfg.mlflow.tracking_uri}")
 
 
-def load_run(cfg: Config, ref: str) -> RunView:
-    name = resolve_run(cfg, ref)
-    d = cfg.run_dir(name)
-    for f in (EMBEDDINGS, METRICS, CURVES):
-        if not (d / f).is_file():
-            raise FileNotFoundError(f"{d / f}: not found; train and evaluate run {name!r} first (dvc repro)")
-    model, state = load_trained(d)
-    with np.load(d / EMBEDDINGS) as z:
+def load_run(cfg: Config, ref: str, seed: int | None = None) -> RunView:
+    """One seed of a trained and evaluated run (by default the one an MLflow id names, else the first)."""
+    name, ref_seed = resolve_run(cfg, ref)
+    run_dir = cfg.run_dir(name)
+    seeds = run_dir.evaluated_seeds()
+    seed = seed if seed is not None else ref_seed if ref_seed is not None else (seeds[0] if seeds else None)
+    if seed is None or seed not in seeds:
+        raise FileNotFoundError(f"{run_dir.eval_dir}: no evaluated seed {'' if seed is None else seed} of run "
+                                f"{name!r} (evaluated: {seeds}); train and evaluate it first (dvc repro)")
+    model, state = load_trained(run_dir.checkpoint(seed))
+    with np.load(run_dir.seed_embeddings(seed)) as z:
         emb, labels = z["embeddings"], z["labels"]
     manifest = read_manifest(cfg.data_dir(cfg.runs[name].dataset))
     test = manifest.split("test")
-    meta = {k: v for k, v in state.items() if k in ("epoch", "settings", "config_hash")}
+    meta = {k: v for k, v in state.items() if k in ("epoch", "seed", "settings", "config_hash", "code")}
     meta["parameters"] = sum(p.numel() for p in model.parameters())
-    return RunView(name, emb, labels, [manifest.image_root / p for p in test["path"]],
-                   json.loads((d / METRICS).read_text()), pd.read_csv(d / CURVES, dtype={"class": str}), meta)
+    return RunView(name, seed, emb, labels, [manifest.image_root / p for p in test["path"]],
+                   json.loads(run_dir.seed_metrics(seed).read_text()),
+                   pd.read_csv(run_dir.seed_curves(seed), dtype={"class": str}), meta)
 
 
 def nearest_neighbours(emb: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -86,7 +99,7 @@ def neighbour_grid(view: RunView, n_queries: int = 6, k: int = 5, seed: int = 0)
                 spine.set_edgecolor(colour)
                 spine.set_linewidth(3)
             ax.set_title(str(view.labels[idx]), fontsize=8, color=colour)
-    fig.suptitle(f"{view.name}: nearest test neighbours (green = right class, red = wrong)")
+    fig.suptitle(f"{view.name} (seed {view.seed}): nearest test neighbours (green = right class, red = wrong)")
     fig.tight_layout()
     return fig
 

@@ -89,22 +89,37 @@ class Tracker:
                 self._known[run_id] = False
         return self._known[run_id]
 
-    def start_run(self, run_name: str, params: Mapping[str, Any], stage: str, run_id: str | None = None) -> str | None:
-        """Continue ``run_id`` when given and present in the store, else create a run."""
+    def start_run(self, run_name: str, params: Mapping[str, Any], stage: str, run_id: str | None = None,
+                  tags: Mapping[str, str] | None = None, seed: int | None = None) -> str | None:
+        """Continue ``run_id`` when given and present in the store, else create a run (one per run
+        of params.yaml and seed, tagged ``tcm.run`` and ``tags``)."""
         if not self.enabled:
             return None
         if self._live(run_id):
             self.client.update_run(run_id, status="RUNNING")
             self.set_stage(run_id, stage)
             return run_id
-        tags = {"tcm.run": run_name, "git_commit": git_commit(self.cfg.base_dir), "stage": stage}
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        all_tags = {"tcm.run": run_name, "git_commit": git_commit(self.cfg.base_dir), "stage": stage, **(tags or {})}
+        title = run_name if seed is None else f"{run_name}-s{seed}"
+        run = self.client.create_run(self.experiment_id, run_name=title, tags=all_tags)
         self._known[run.info.run_id] = True
         flat = flatten(params)
         from mlflow.entities import Param
 
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in flat.items()])
         return run.info.run_id
+
+    def find_run(self, run_name: str, config_hash: str, code: str | None = None) -> str | None:
+        """The newest MLflow run of run ``run_name`` trained with settings hash ``config_hash`` (and
+        code fingerprint ``code``): run ids are machine-specific, so none is written to result files."""
+        if not self.enabled:
+            return None
+        query = f"tags.`tcm.run` = '{run_name}' AND tags.`tcm.config_hash` = '{config_hash}'"
+        if code is not None:
+            query += f" AND tags.`tcm.code` = '{code}'"
+        found = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1,
+                                        order_by=["attributes.start_time DESC"])
+        return found[0].info.run_id if found else None
 
     def set_stage(self, run_id: str | None, stage: str) -> None:
         if self._live(run_id):

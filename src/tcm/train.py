@@ -1,10 +1,12 @@
-"""Training: ``run(cfg, name)`` -> ``runs/<name>/`` with checkpoint.pt, history.csv and run.json.
+"""Training: ``run(cfg, name)`` trains one run of params.yaml once per seed of ``train.seeds``
+and writes ``runs/<name>/`` (see :mod:`tcm.runfiles`): a checkpoint per seed, history.csv, run.json.
 
 The loop reads top to bottom: m-per-class batches -> embeddings -> base loss + TCM -> step.
-A checkpoint is written atomically after every epoch (and once before the first, so that the
-MLflow run is known); calling ``run`` again after an interruption resumes from it when the run's
-settings and the model's structure are unchanged, and draws exactly the batches an uninterrupted
-run would (seeded per epoch), so the result is bit-identical on CPU.
+A checkpoint is written atomically after every epoch. Calling ``run`` again after an interruption
+resumes the interrupted attempt when the settings and the training code are unchanged (seeds already
+finished are kept; the interrupted one continues from its last epoch and draws exactly the batches
+an uninterrupted run would, seeded per epoch, so the result is bit-identical on CPU). Anything else
+(a finished run, other settings, other code) trains from scratch, with a one-line notice.
 
 Under ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel; each process
 draws its own m-per-class batch of batch_size / world_size images (seeded by its rank) and rank 0
@@ -21,6 +23,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -34,13 +37,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from tcm.checkpoint import read_checkpoint, save_checkpoint
 from tcm.config import Config, ConfigError, RunConfig, resolved_run
 from tcm.data import ManifestDataset, read_manifest
 from tcm.data.transforms import train_transform
-from tcm.files import CHECKPOINT, HISTORY, RUN_INFO
+from tcm.device import environment, pick_device
+from tcm.fingerprint import code_fingerprint
 from tcm.io import atomic_path, write_json
 from tcm.losses import Criterion, build_criterion
 from tcm.models import build_model, structure_signature
+from tcm.runfiles import CheckpointError, RunDir
 from tcm.tracking import Tracker
 
 
@@ -59,8 +65,7 @@ class NonFiniteLoss(ArithmeticError):
 @dataclass(frozen=True)
 class TrainResult:
     run_dir: Path
-    history: pd.DataFrame
-    mlflow_run_id: str | None
+    history: pd.DataFrame  # every seed's epochs (column ``seed``)
 
 
 @dataclass(frozen=True)
@@ -78,14 +83,6 @@ class Dist:
     @property
     def main(self) -> bool:
         return self.rank == 0
-
-
-def pick_device(setting: str, local_rank: int = 0) -> torch.device:
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: 'cuda' was requested but no CUDA device is available; use 'auto' or 'cpu'")
-    if setting in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
 
 
 def init_distributed(device_setting: str) -> tuple[Dist, bool]:
@@ -299,21 +296,6 @@ def _check_finite(parts: dict[str, torch.Tensor], world_size: int) -> None:
         raise NonFiniteLoss(value.item())
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _read_checkpoint(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated or foreign file
-        print(f"tcm: cannot read {path} ({type(e).__name__}); training from scratch", file=sys.stderr)
-        return None
-
-
 @dataclass
 class _Parts:
     model: nn.Module
@@ -322,8 +304,8 @@ class _Parts:
     scheduler: object
 
 
-def _build(run_cfg: RunConfig, num_classes: int, device: torch.device, steps_per_epoch: int) -> _Parts:
-    seed_everything(run_cfg.train.seed)
+def _build(run_cfg: RunConfig, seed: int, num_classes: int, device: torch.device, steps_per_epoch: int) -> _Parts:
+    seed_everything(seed)
     model = build_model(run_cfg.model).to(device)
     model.train()  # applies freeze_bn (requires_grad) before the optimizer and DDP see the parameters
     if device.type == "cuda" and run_cfg.train.channels_last:
@@ -341,20 +323,58 @@ def _restore(parts: _Parts, state: dict) -> None:
     parts.scheduler.load_state_dict(state["scheduler"])
 
 
-def _write_history(out: Path, history: list[dict]) -> None:
-    with atomic_path(out / HISTORY) as tmp:
-        pd.DataFrame(history).to_csv(tmp, index=False)
+def _write_history(path: Path, histories: dict[int, list[dict]]) -> None:
+    rows = [{"seed": seed, **row} for seed, rows in sorted(histories.items()) for row in rows]
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+
+
+def _notice(d: Dist, message: str) -> None:
+    if d.main:
+        print(f"tcm: {message}", file=sys.stderr)
+
+
+def _read_progress(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _start_attempt(run_dir: RunDir, run_hash: str, code: str, d: Dist) -> bool:
+    """Whether this call continues an interrupted attempt (same settings, same code, not finished);
+    otherwise the checkpoints of ``run_dir`` are deleted and a new attempt starts.
+
+    Only an unfinished attempt is resumed: re-running a finished run (``dvc repro --force``, or a
+    stage re-run because its code changed) trains again, so a stage never passes off old results
+    as new ones."""
+    progress = _read_progress(run_dir.progress)
+    reason = None
+    if progress is None:
+        reason = "holds no readable progress.json" if run_dir.train_dir.exists() else None
+    elif progress.get("complete"):
+        reason = "holds a finished run"
+    elif progress.get("run_hash") != run_hash:
+        reason = "was written with other settings"
+    elif progress.get("code") != code:
+        reason = "was written by other code (tcm source files changed)"
+    if progress is not None and reason is None:
+        return True
+    if d.main:
+        if reason is not None:
+            _notice(d, f"{run_dir.train_dir} {reason}; training {run_dir.name} from scratch")
+        shutil.rmtree(run_dir.train_dir, ignore_errors=True)
+        write_json(run_dir.progress, {"run": run_dir.name, "run_hash": run_hash, "code": code, "complete": False})
+    return False
 
 
 def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool = True) -> TrainResult:
-    """Train run ``name`` of ``cfg``; resumes from ``runs/<name>/checkpoint.pt`` when it matches."""
-    run_cfg, settings = cfg.run(name), resolved_run(cfg, name)
-    t = run_cfg.train
-    ds_cfg = cfg.dataset(run_cfg.dataset)
-    out = cfg.run_dir(name)
-    d, created_group = init_distributed(t.device)
+    """Train run ``name`` of ``cfg`` once per seed of ``train.seeds``; an interrupted call resumes
+    (see :func:`_start_attempt`), a finished run is trained again."""
+    run_cfg = cfg.run(name)
+    d, created_group = init_distributed(run_cfg.train.device)
     try:
-        return _run(cfg, name, run_cfg, settings, ds_cfg, out, d, tracker, progress)
+        return _run(cfg, name, run_cfg, d, tracker, progress)
     finally:
         if created_group:
             import torch.distributed as dist
@@ -362,55 +382,96 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
             dist.destroy_process_group()
 
 
-def _run(cfg: Config, name: str, run_cfg: RunConfig, settings: dict, ds_cfg, out: Path, d: Dist,
-         tracker: Tracker | None, progress: bool) -> TrainResult:
+def _run(cfg: Config, name: str, run_cfg: RunConfig, d: Dist, tracker: Tracker | None, progress: bool) -> TrainResult:
     t = run_cfg.train
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(f".{CHECKPOINT}.*.tmp"):  # left by a process killed while saving
-            stale.unlink(missing_ok=True)
-
+    run_dir = cfg.run_dir(name)
+    settings = resolved_run(cfg, name)
     manifest = read_manifest(cfg.data_dir(run_cfg.dataset))
-    dataset = ManifestDataset(manifest, "train", train_transform(ds_cfg))
+    dataset = ManifestDataset(manifest, "train", train_transform(cfg.dataset(run_cfg.dataset)))
     # Losses with per-class parameters (ProxyAnchor) need labels 0..C-1.
     classes = np.unique(dataset.labels)
     dataset.labels = np.searchsorted(classes, dataset.labels)
-
     device = pick_device(t.device, d.local_rank)
     loader = make_loader(dataset, run_cfg, name, device, d.world_size)
-    parts = _build(run_cfg, len(classes), device, len(loader))
-    # The checkpoint is reused only for the same settings, process count and model structure.
-    digest = config_hash({**{k: v for k, v in settings.items() if k != "evaluation"}, "world_size": d.world_size,
-                          "structure": structure_signature(parts.model, parts.criterion.base)})
 
-    start_epoch, history, mlflow_run_id = 1, [], None
-    state = _read_checkpoint(out / CHECKPOINT)
-    if state is not None and state.get("config_hash") != digest:
-        if d.main:
-            print(f"tcm: {out / CHECKPOINT} was written with other settings or another model; training "
-                  f"{name} from scratch", file=sys.stderr)
-        state = None
-    if state is not None:
-        try:
-            _restore(parts, state)
-        except (RuntimeError, KeyError, ValueError) as e:
-            if d.main:
-                print(f"tcm: {out / CHECKPOINT} does not load into this model ({type(e).__name__}); training "
-                      f"{name} from scratch", file=sys.stderr)
-            parts, state = _build(run_cfg, len(classes), device, len(loader)), None
-    if state is not None:
-        start_epoch, history, mlflow_run_id = state["epoch"] + 1, state["history"], state.get("mlflow_run_id")
-        if d.main:
-            print(f"tcm: resuming run {name} after epoch {state['epoch']} of {t.epochs}", file=sys.stderr)
+    # What a checkpoint must match to be resumed: settings (not evaluation's), process count, torch
+    # version, and the source of every tcm module training runs.
+    trained_settings = {k: v for k, v in settings.items() if k != "evaluation"}
+    run_hash = config_hash({**trained_settings, "world_size": d.world_size, "torch": torch.__version__})
+    code = code_fingerprint(__name__)
+    if d.main:
+        run_dir.root.mkdir(parents=True, exist_ok=True)
+    resuming = _start_attempt(run_dir, run_hash, code, d)
+    if d.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()  # rank 0 has cleared or kept the checkpoints before any rank reads them
 
     if d.main:
         tracker = tracker or Tracker(cfg)
-        mlflow_run_id = tracker.start_run(name, settings, stage="train", run_id=mlflow_run_id)
     else:  # only rank 0 talks to MLflow
         tracker = Tracker(cfg.model_copy(update={"mlflow": cfg.mlflow.model_copy(update={"enabled": False})}))
+    env = environment(device)
+    info = {"run": name, "settings": settings, "run_hash": run_hash, "code_fingerprint": code, "environment": env,
+            "num_train_classes": int(len(classes)), "world_size": d.world_size, "seeds": {}}
+    histories: dict[int, list[dict]] = {}
+    for seed in t.seeds:
+        seed_hash, histories[seed] = _train_seed(
+            run_cfg, name, seed, run_dir, dataset, loader, classes, device, d, tracker, progress,
+            settings, run_hash, code, env, resuming, histories)
+        info["seeds"][str(seed)] = {"config_hash": seed_hash}
+        if d.main:
+            write_json(run_dir.info, info)
+    if d.main:
+        _write_history(run_dir.history, histories)
+        write_json(run_dir.progress, {**_read_progress(run_dir.progress), "complete": True})
+    return TrainResult(run_dir.root, pd.read_csv(run_dir.history) if d.main else pd.DataFrame())
 
-    model = parts.model
-    raw_model = model
+
+def _train_seed(run_cfg: RunConfig, name: str, seed: int, run_dir: RunDir, dataset, loader: DataLoader,
+                classes: np.ndarray, device: torch.device, d: Dist, tracker: Tracker, progress: bool,
+                settings: dict, run_hash: str, code: str, env: dict, resuming: bool,
+                histories: dict[int, list[dict]]) -> tuple[str, list[dict]]:
+    """Train (or finish, or keep, within an interrupted attempt) one seed; returns its hash and history."""
+    t = run_cfg.train
+    ckpt = run_dir.checkpoint(seed)
+    if d.main:
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        for stale in ckpt.parent.glob(f".{ckpt.name}.*.tmp"):  # left by a process killed while saving
+            stale.unlink(missing_ok=True)
+    parts = _build(run_cfg, seed, len(classes), device, len(loader))
+    seed_hash = config_hash({"run": run_hash, "seed": seed,
+                             "structure": structure_signature(parts.model, parts.criterion.base)})
+
+    state = None
+    if resuming and ckpt.is_file():
+        try:
+            state = read_checkpoint(ckpt)
+        except CheckpointError as e:
+            _notice(d, f"{e}; training seed {seed} from scratch")
+        if state is not None and state.get("config_hash") != seed_hash:
+            _notice(d, f"{ckpt} was written for another model; training seed {seed} from scratch")
+            state = None
+        if state is not None:
+            try:
+                _restore(parts, state)
+            except (RuntimeError, KeyError, ValueError) as e:
+                _notice(d, f"{ckpt} does not load into this model ({type(e).__name__}); training seed {seed} "
+                        "from scratch")
+                parts, state = _build(run_cfg, seed, len(classes), device, len(loader)), None
+    start_epoch, history = (state["epoch"] + 1, list(state["history"])) if state is not None else (1, [])
+    if start_epoch > t.epochs:
+        return seed_hash, history  # finished earlier in this same, interrupted attempt
+    if state is not None:
+        _notice(d, f"resuming run {name} seed {seed} after epoch {state['epoch']} of {t.epochs}")
+
+    label = f"{name} seed {seed}" if len(t.seeds) > 1 else name
+    tags = {"tcm.seed": str(seed), "tcm.config_hash": seed_hash, "tcm.code": code,
+            **{f"env.{k}": str(v) for k, v in env.items()}}
+    run_id = tracker.find_run(name, seed_hash, code) if state is not None else None
+    run_id = tracker.start_run(name, settings, stage="train", run_id=run_id, tags=tags, seed=seed)
+
+    model = raw_model = parts.model
     if d.enabled:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -418,31 +479,24 @@ def _run(cfg: Config, name: str, run_cfg: RunConfig, settings: dict, ds_cfg, out
         model = torch.compile(model)
 
     def checkpoint(epoch: int) -> None:
-        _save_checkpoint(out / CHECKPOINT, {
+        save_checkpoint(ckpt, {
             "model": raw_model.state_dict(), "loss": parts.criterion.base.state_dict(),
             "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(), "epoch": epoch,
-            "history": history, "config_hash": digest, "settings": settings, "mlflow_run_id": mlflow_run_id,
-            "classes": classes.tolist(), "world_size": d.world_size})
+            "epochs": t.epochs, "history": history, "config_hash": seed_hash, "code": code, "seed": seed,
+            "settings": settings, "classes": classes.tolist(), "world_size": d.world_size})
 
-    if d.main:
-        write_json(out / RUN_INFO, {"run": name, "config_hash": digest, "mlflow_run_id": mlflow_run_id,
-                                    "settings": settings, "num_train_classes": int(len(classes)),
-                                    "world_size": d.world_size})
-        if state is None:
-            checkpoint(0)  # records the MLflow run id: a run killed in its first epoch continues it
-        else:
-            _write_history(out, history)  # the history of the checkpoint, if killed before writing it
-
+    if d.main and state is None:
+        checkpoint(0)  # a seed killed in its first epoch then resumes, and continues its MLflow run
     autocast = device.type == "cuda" and t.amp
     backbone_params = [p for p in raw_model.backbone.parameters() if p.requires_grad]
     for epoch in range(start_epoch, t.epochs + 1):
         # Seeding per epoch makes a resumed run draw exactly the batches an uninterrupted one would.
-        seed_everything(epoch_seed(t.seed, epoch, d.rank))
+        seed_everything(epoch_seed(seed, epoch, d.rank))
         model.train()
         frozen = backbone_params if epoch <= t.warmup_epochs else ()
         sums = {"loss": 0.0, "base_loss": 0.0, "tcm_loss": 0.0}
         seen, t0 = 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"{name} epoch {epoch}/{t.epochs}", disable=not (progress and d.main),
+        bar = tqdm(loader, desc=f"{label} epoch {epoch}/{t.epochs}", disable=not (progress and d.main),
                    file=sys.stderr, leave=False, mininterval=1.0)
         for step, (x, y) in enumerate(bar, start=1):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -453,10 +507,10 @@ def _run(cfg: Config, name: str, run_cfg: RunConfig, settings: dict, ds_cfg, out
                                     chunk_size=t.chunk_size, clip_grad_value=t.clip_grad_value, frozen=frozen,
                                     world_size=d.world_size)
             except NonFiniteLoss as e:
-                tracker.end_run(mlflow_run_id, status="FAILED")
+                tracker.end_run(run_id, status="FAILED")
                 raise TrainingDiverged(
-                    f"run {name}: loss is {e.value} at epoch {epoch}, step {step}; "
-                    f"the last good checkpoint (epoch {epoch - 1}) is kept at {out / CHECKPOINT}") from None
+                    f"run {name} seed {seed}: loss is {e.value} at epoch {epoch}, step {step}; "
+                    f"the last good checkpoint (epoch {epoch - 1}) is kept at {ckpt}") from None
             parts.scheduler.step()
             values = torch.stack([losses[k].float() for k in sums])
             if d.enabled:
@@ -477,24 +531,11 @@ def _run(cfg: Config, name: str, run_cfg: RunConfig, settings: dict, ds_cfg, out
         if d.main:
             # checkpoint, then MLflow, then history.csv: a history row means the epoch is saved and logged
             checkpoint(epoch)
-            tracker.log_metrics(mlflow_run_id, {f"train.{k}": v for k, v in row.items() if k != "epoch"}, step=epoch)
-            _write_history(out, history)
+            tracker.log_metrics(run_id, {f"train.{k}": v for k, v in row.items() if k != "epoch"}, step=epoch)
+            _write_history(run_dir.history, {**histories, seed: history})
             if progress:
-                print(f"{name} epoch {epoch}/{t.epochs}: loss {row['loss']:.4f} (base {row['base_loss']:.4f}, "
+                print(f"{label} epoch {epoch}/{t.epochs}: loss {row['loss']:.4f} (base {row['base_loss']:.4f}, "
                       f"tcm {row['tcm_loss']:.4f}), {row['images_per_s']:.0f} img/s", file=sys.stderr)
-
     if d.main:
-        tracker.set_stage(mlflow_run_id, "train")
-    return TrainResult(out, pd.DataFrame(history), mlflow_run_id)
-
-
-def load_trained(run_dir: Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """The trained model of a run directory and its checkpoint's metadata."""
-    from tcm.config import ModelConfig
-
-    state = torch.load(Path(run_dir) / CHECKPOINT, map_location="cpu", weights_only=False)
-    model_cfg = ModelConfig(**{**state["settings"]["model"], "pretrained": False, "weights_path": None})
-    model = build_model(model_cfg)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), state
-
+        tracker.set_stage(run_id, "train")
+    return seed_hash, history

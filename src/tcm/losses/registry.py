@@ -7,8 +7,34 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tcm.config import LossConfig, TCMConfig, loss_class
+import inspect
+
+import pytorch_metric_learning.losses as pml_losses
+
+from tcm.config import LossConfig, TCMConfig
+from tcm.losses.ranking import SmoothAP
+from tcm.losses.recall_at_k import RecallAtKSurrogate
 from tcm.losses.tcm import ThresholdConsistentMargin
+
+# Base losses by params name (config.LOSS_PARAMS). Smooth-AP is ours: pml's SmoothAPLoss mis-groups
+# positives when m differs from the number of classes in the batch, and needs O(batch^3) memory
+# (tests/test_losses.py).
+BASE_LOSSES: dict[str, type[nn.Module]] = {
+    "multi_similarity": pml_losses.MultiSimilarityLoss,
+    "proxy_anchor": pml_losses.ProxyAnchorLoss,
+    "smooth_ap": SmoothAP,
+    "rs_at_k": RecallAtKSurrogate,
+    "contrastive": pml_losses.ContrastiveLoss,
+    "triplet": pml_losses.TripletMarginLoss,
+}
+# Constructor arguments that build_criterion fills in itself, so params must not set them.
+_ARGS_SET_BY_CODE = {"num_classes", "embedding_size", "distance", "reducer", "embedding_regularizer",
+                     "embedding_reg_weight", "collect_stats"}
+
+
+def accepted_loss_params(name: str) -> list[str]:
+    """Constructor arguments of base loss ``name`` that params may set."""
+    return sorted(set(inspect.signature(BASE_LOSSES[name].__init__).parameters) - {"self", "kwargs"} - _ARGS_SET_BY_CODE)
 
 
 @dataclass
@@ -36,7 +62,7 @@ def build_criterion(loss: LossConfig, tcm: TCMConfig, num_classes: int, embeddin
     kwargs = dict(loss.params)
     if loss.name == "proxy_anchor":
         kwargs.update(num_classes=num_classes, embedding_size=embedding_dim)
-    base = loss_class(loss.name)(**kwargs)
+    base = BASE_LOSSES[loss.name](**kwargs)
     miner = pml_miners.MultiSimilarityMiner() if (loss.name == "multi_similarity" and loss.miner) else None
     reg = (ThresholdConsistentMargin(tcm.pos_margin, tcm.neg_margin, tcm.pos_weight, tcm.neg_weight)
            if tcm.enabled else None)

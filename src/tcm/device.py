@@ -1,0 +1,49 @@
+"""Where to compute, and what the run's machine is (recorded beside every run: results differ
+across CPUs and GPUs even with fixed seeds)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+import torch
+
+from tcm.config import ConfigError
+
+
+def pick_device(setting: str, local_rank: int = 0) -> torch.device:
+    """``auto`` = CUDA when present, else CPU; ``cuda`` without a GPU is a configuration error."""
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: 'cuda' was requested but no CUDA device is available; use 'auto' or 'cpu'")
+    if setting in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device) -> dict[str, str | int]:
+    """What a result depends on beyond settings and code: library versions and the hardware."""
+    import numpy
+
+    return {
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": sys.version.split()[0],
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "cuda": torch.version.cuda or "none",
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count() or 0,
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }

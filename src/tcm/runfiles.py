@@ -1,0 +1,86 @@
+"""The files of one run folder, ``runs/<run>/``, in one place (readers such as the report need not
+import the training code and its heavy dependencies).
+
+A run (one configuration of params.yaml) is trained once per seed of ``train.seeds``. Each DVC
+stage owns whole folders, so the train stage's ``train/`` and the evaluate stage's ``eval/`` hold
+one sub-folder per seed::
+
+    runs/<run>/run.json                  train: settings, seeds, code fingerprint, environment
+    runs/<run>/history.csv               train: one row per seed and epoch (column ``seed``)
+    runs/<run>/train/progress.json       train: which attempt the checkpoints belong to
+    runs/<run>/train/seed-<s>/checkpoint.pt
+    runs/<run>/metrics.json              evaluate: mean, sd and n over seeds of the headline metrics
+    runs/<run>/eval/seed-<s>/metrics.json, curves.csv
+    runs/<run>/embeddings/seed-<s>.npz   evaluate: test embeddings and labels (DVC-cached, not in git)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_SEED_DIR = re.compile(r"seed-(\d+)")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, truncated, holding pickled objects, or stale.
+    (Defined here, free of torch, so the command line can catch it without importing torch.)"""
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    # train stage
+    @property
+    def info(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.csv"
+
+    @property
+    def train_dir(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def progress(self) -> Path:
+        return self.train_dir / "progress.json"
+
+    def checkpoint(self, seed: int) -> Path:
+        return self.train_dir / f"seed-{seed}" / "checkpoint.pt"
+
+    # evaluate stage
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    def seed_metrics(self, seed: int) -> Path:
+        return self.eval_dir / f"seed-{seed}" / "metrics.json"
+
+    def seed_curves(self, seed: int) -> Path:
+        return self.eval_dir / f"seed-{seed}" / "curves.csv"
+
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.root / "embeddings"
+
+    def seed_embeddings(self, seed: int) -> Path:
+        return self.embeddings_dir / f"seed-{seed}.npz"
+
+    def evaluated_seeds(self) -> list[int]:
+        """Seeds whose metrics.json exists, ascending."""
+        if not self.eval_dir.is_dir():
+            return []
+        found = (_SEED_DIR.fullmatch(p.name) for p in self.eval_dir.iterdir())
+        return sorted(int(m.group(1)) for m in found if m and self.seed_metrics(int(m.group(1))).is_file())
