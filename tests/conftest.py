@@ -14,17 +14,19 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 E2E_RUNS = ("digits-ms", "digits-ms-tcm")
+E2E_SEEDS = (0, 1)
 
 
 def repo_params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
 
 
-def tiny_params(runs: tuple[str, ...] = ("digits-ms", "digits-ms-tcm"), epochs: int = 2, mlflow: bool = False) -> dict:
-    """The default params reduced to a few quick runs (2 epochs of 160 images)."""
+def tiny_params(runs: tuple[str, ...] = ("digits-ms", "digits-ms-tcm"), epochs: int = 2, mlflow: bool = False,
+                seeds: tuple[int, ...] = (0,)) -> dict:
+    """The default params reduced to a few quick runs (2 epochs of 160 images, one seed)."""
     p = repo_params()
     p["runs"] = {k: v for k, v in p["runs"].items() if k in runs}
-    p["run_defaults"]["train"].update(epochs=epochs, samples_per_epoch=160)
+    p["run_defaults"]["train"].update(epochs=epochs, samples_per_epoch=160, seeds=list(seeds))
     p["mlflow"]["enabled"] = mlflow
     return p
 
@@ -68,7 +70,7 @@ def project(tmp_path_factory) -> Path:
         shutil.copy2(src, dest / rel)
     (dest / "reports/notebooks").mkdir(parents=True)
     (dest / "reports/notebooks/.gitkeep").touch()
-    write_params(dest / "params.yaml", tiny_params(E2E_RUNS, mlflow=True))
+    write_params(dest / "params.yaml", tiny_params(E2E_RUNS, mlflow=True, seeds=E2E_SEEDS))
     run_command(["git", "init", "-q"], dest)
     run_command(["git", "add", "-A"], dest)
     run_command(["git", "commit", "-qm", "baseline"], dest)

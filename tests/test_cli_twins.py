@@ -43,9 +43,13 @@ def test_stages_run_from_the_cli_without_mlflow(tmp_path, no_mlflow, capsys) -> 
     history = pd.read_csv(tmp_path / "runs/digits-ms-tcm/history.csv")
     assert list(history.epoch) == [1, 2] and (history.tcm_loss >= 0).all()
     assert (pd.read_csv(tmp_path / "runs/digits-ms/history.csv").tcm_loss == 0).all()
-    metrics = json.loads((tmp_path / "runs/digits-ms/metrics.json").read_text())
+    metrics = json.loads((tmp_path / "runs/digits-ms/eval/seed-0/metrics.json").read_text())
     assert set(metrics["recall_at_k"]) == {"1", "2", "4", "8"} and 0 <= metrics["opis"] <= 1
-    assert json.loads((tmp_path / "runs/digits-ms/run.json").read_text())["mlflow_run_id"] is None
+    summary = json.loads((tmp_path / "runs/digits-ms/metrics.json").read_text())
+    assert summary["n_seeds"] == 1 and summary["mean"]["OPIS"] == metrics["opis"]
+    info = json.loads((tmp_path / "runs/digits-ms/run.json").read_text())
+    assert "mlflow_run_id" not in json.dumps(info)  # machine-specific ids are not written to result files
+    assert {"torch", "device", "cpu", "torch_threads"} <= set(info["environment"])
     comparison = pd.read_csv(tmp_path / "reports/tables/tcm_comparison.csv")
     assert len(comparison) == 1 and comparison.loc[0, "run (with TCM)"] == "digits-ms-tcm"
     assert not (tmp_path / "mlflow.db").exists()

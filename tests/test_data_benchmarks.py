@@ -322,6 +322,6 @@ def test_pipeline_trains_and_evaluates_on_tiny_benchmark(tmp_path: Path) -> None
     cfg = parse_config(params, base_dir=tmp_path)
     prepare(cfg.dataset("tinycub"), cfg.data_dir("tinycub"))
     train.run(cfg, "tinycub-ms", progress=False)
-    metrics = evaluate.run(cfg, "tinycub-ms", progress=False)
+    metrics = evaluate.run(cfg, "tinycub-ms", progress=False)[0]  # seed 0
     assert 0.0 <= metrics["recall_at_k"]["1"] <= 1.0
     assert pd.read_csv(cfg.data_dir("tinycub") / "manifest.csv").shape[0] == 64

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import E2E_RUNS as RUNS
+from conftest import E2E_SEEDS as SEEDS
 from conftest import run_command as _sh
 from conftest import tree_digest as _tree_digest
 from conftest import write_params
@@ -33,10 +34,14 @@ def test_cold_repro_writes_every_result(project: Path) -> None:
         assert f"Running stage '{stage}'" in log
     for run in RUNS:
         d = project / "runs" / run
-        assert len(pd.read_csv(d / "history.csv")) == 2
-        m = json.loads((d / "metrics.json").read_text())
-        assert {"recall_at_k", "map_at_r", "opis", "eps_opis"} <= set(m)
-        assert (d / "checkpoint.pt").is_file() and (d / "embeddings.npz").is_file()
+        history = pd.read_csv(d / "history.csv")
+        assert list(zip(history.seed, history.epoch)) == [(s, e) for s in SEEDS for e in (1, 2)]
+        summary = json.loads((d / "metrics.json").read_text())
+        assert summary["seeds"] == list(SEEDS) and set(summary["mean"]) == set(summary["sd"]) >= {"R@1", "OPIS"}
+        for seed in SEEDS:
+            m = json.loads((d / f"eval/seed-{seed}/metrics.json").read_text())
+            assert {"recall_at_k", "map_at_r", "opis", "eps_opis"} <= set(m) and m["seed"] == seed
+            assert (d / f"train/seed-{seed}/checkpoint.pt").is_file() and (d / f"embeddings/seed-{seed}.npz").is_file()
         assert (project / f"reports/notebooks/train-{run}.ipynb").is_file()
     table = pd.read_csv(project / "reports/tables/tcm_comparison.csv")
     assert list(table["run (with TCM)"]) == ["digits-ms-tcm"] and "OPIS change %" in table
@@ -55,19 +60,20 @@ def test_cold_repro_writes_every_result(project: Path) -> None:
     assert any("image/png" in o.get("data", {}) for c in train_nb["cells"] for o in c.get("outputs", []))
 
 
-def test_mlflow_has_one_run_per_configuration_with_everything(project: Path) -> None:
+def test_mlflow_has_one_run_per_configuration_and_seed_with_everything(project: Path) -> None:
     client, runs = _mlflow_runs(project)
-    assert sorted(r.info.run_name for r in runs) == sorted(RUNS)
+    assert sorted(r.info.run_name for r in runs) == sorted(f"{run}-s{s}" for run in RUNS for s in SEEDS)
     for r in runs:
-        assert r.info.status == "FINISHED"
+        run = r.data.tags["tcm.run"]
+        assert r.info.status == "FINISHED" and r.info.run_name == f"{run}-s{r.data.tags['tcm.seed']}"
         assert r.data.params["loss.name"] == "multi_similarity"
-        assert r.data.params["tcm.enabled"] == str(r.info.run_name.endswith("-tcm"))
+        assert r.data.params["tcm.enabled"] == str(run.endswith("-tcm"))
         assert [m.step for m in client.get_metric_history(r.info.run_id, "train.loss")] == [1, 2]
         assert 0 <= r.data.metrics["test.opis"] and 0 <= r.data.metrics["test.recall_at_k.1"] <= 1
         assert r.data.tags["git_commit"] != "unknown" and r.data.tags["stage"] == "report"
+        assert r.data.tags["env.device"] == "cpu" and r.data.tags["env.torch"]  # the machine is recorded
         artifacts = {a.path for d in ("notebooks", "figures", "config") for a in client.list_artifacts(r.info.run_id, d)}
-        assert f"notebooks/train-{r.info.run_name}.ipynb" in artifacts
-        assert "figures/opis_vs_recall.png" in artifacts and "config/run.json" in artifacts
+        assert f"notebooks/train-{run}.ipynb" in artifacts and "config/run.json" in artifacts
     assert not (project / "mlruns").exists()
 
 
@@ -80,7 +86,7 @@ def test_changing_one_run_reruns_only_that_run(project: Path) -> None:
     out = _sh(["dvc", "exp", "run", "-S", "+runs.digits-ms-tcm.train.epochs=3"], project).stdout
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert ran == {"validate", "train@digits-ms-tcm", "evaluate@digits-ms-tcm", "report"}, out
-    assert len(pd.read_csv(project / "runs/digits-ms-tcm/history.csv")) == 3
+    assert len(pd.read_csv(project / "runs/digits-ms-tcm/history.csv")) == 3 * len(SEEDS)
     metrics = _sh(["dvc", "metrics", "show", "--json"], project).stdout
     assert "digits-ms-tcm" in metrics
 
@@ -117,7 +123,7 @@ def test_bad_params_fail_fast_and_change_nothing(project: Path, edit: str, key: 
 
 def test_explore_notebook_runs_on_a_run_given_by_its_mlflow_id(project: Path) -> None:
     client, runs = _mlflow_runs(project)
-    run_id = next(r.info.run_id for r in runs if r.info.run_name == "digits-ms")
+    run_id = next(r.info.run_id for r in runs if r.info.run_name == "digits-ms-s1")
     out = project / "explore.ipynb"
     _sh(["papermill", "notebooks/explore_run.ipynb", str(out), "-k", "python3", "-p", "run", run_id], project)
     nb = json.loads(out.read_text())
@@ -125,3 +131,30 @@ def test_explore_notebook_runs_on_a_run_given_by_its_mlflow_id(project: Path) ->
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2  # neighbour grid + utility curves
     text = json.dumps(outputs)
     assert "share_of_opis" in text and "target FAR" in text
+    assert "digits-ms (seed 1)" in text  # the seed that MLflow run trained
+
+
+def test_code_change_retrains_and_reevaluates_only_what_it_touches(project: Path) -> None:
+    """The promise of `dvc repro`: after a bug fix in the TCM loss, the TCM runs are trained again
+    (not resumed from their finished checkpoints) and their metrics move; then --force retrains."""
+    loss = project / "src/tcm/losses/tcm.py"
+    original = loss.read_text()
+    before = {r: (project / f"runs/{r}/metrics.json").read_text() for r in RUNS}
+    head = _sh(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    try:
+        loss.write_text(original.replace("return self.pos_weight * pos_term", "return 10 * self.pos_weight * pos_term"))
+        assert loss.read_text() != original
+        out = _sh(["dvc", "repro"], project).stdout
+        ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+        assert ran == {"train@digits-ms-tcm", "evaluate@digits-ms-tcm", "report"}, out
+        assert (project / "runs/digits-ms/metrics.json").read_text() == before["digits-ms"]
+        assert (project / "runs/digits-ms-tcm/metrics.json").read_text() != before["digits-ms-tcm"]
+        executed = (project / "reports/notebooks/train-digits-ms-tcm.ipynb").read_text()
+        assert "holds a finished run; training digits-ms-tcm from scratch" in executed
+    finally:
+        loss.write_text(original)
+    out = _sh(["dvc", "repro", "--force", "train@digits-ms"], project).stdout
+    assert "Running stage 'train@digits-ms'" in out
+    assert "holds a finished run" in (project / "reports/notebooks/train-digits-ms.ipynb").read_text()
+    _sh(["dvc", "repro"], project)  # back to the committed code
+    assert _sh(["git", "rev-parse", "HEAD"], project).stdout.strip() == head

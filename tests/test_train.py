@@ -219,47 +219,127 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(t
     monkeypatch.setattr(train, "build_criterion", poisoned)
     with pytest.raises(train.TrainingDiverged, match=r"loss is nan at epoch 2, step 2.*epoch 1"):
         train.run(cfg, "r", progress=False)
-    state = torch.load(tmp_path / "runs/r/checkpoint.pt", weights_only=False)
+    state = torch.load(tmp_path / "runs/r/train/seed-0/checkpoint.pt", weights_only=True)
     assert state["epoch"] == 1
     assert list(pd.read_csv(tmp_path / "runs/r/history.csv").epoch) == [1]
 
 
-def test_run_writes_history_and_reruns_nothing_when_finished(tmp_path, digits_dir, capsys) -> None:
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_after(monkeypatch, seed: int, epoch: int) -> None:
+    """Make training stop (as a kill would) right after the checkpoint of ``seed`` at ``epoch``."""
+    real = train.save_checkpoint
+
+    def save(path, state):
+        real(path, state)
+        if state["seed"] == seed and state["epoch"] == epoch:
+            raise Interrupted
+
+    monkeypatch.setattr(train, "save_checkpoint", save)
+
+
+def checkpoint_of(tmp: Path, seed: int = 0) -> dict:
+    return torch.load(tmp / f"runs/r/train/seed-{seed}/checkpoint.pt", weights_only=True)
+
+
+def test_finished_run_is_trained_again_with_a_notice(tmp_path, digits_dir, capsys) -> None:
     cfg = config_for(tmp_path, digits_dir, epochs=2)
     first = train.run(cfg, "r", progress=False)
-    assert list(first.history.columns) == ["epoch", "loss", "base_loss", "tcm_loss", "lr", "images_per_s", "seconds"]
+    assert list(first.history.columns) == ["seed", "epoch", "loss", "base_loss", "tcm_loss", "lr", "images_per_s",
+                                           "seconds"]
     assert list(pd.read_csv(tmp_path / "runs/r/history.csv").epoch) == [1, 2]
     again = train.run(cfg, "r", progress=False)
-    assert "resuming run r after epoch 2 of 2" in capsys.readouterr().err
-    pd.testing.assert_frame_equal(first.history, again.history)
+    err = capsys.readouterr().err
+    assert "holds a finished run; training r from scratch" in err and "resuming" not in err
+    cols = ["seed", "epoch", "loss", "base_loss", "tcm_loss", "lr"]
+    pd.testing.assert_frame_equal(first.history[cols], again.history[cols], check_exact=True)  # same machine
+
+
+def test_interrupted_run_resumes_bit_identically_and_keeps_finished_seeds(tmp_path, digits_dir, monkeypatch,
+                                                                         capsys) -> None:
+    whole_dir, cut_dir = tmp_path / "whole", tmp_path / "cut"
+    for d in (whole_dir, cut_dir):
+        d.mkdir()
+    whole = train.run(config_for(whole_dir, digits_dir, epochs=2, seeds=[0, 1]), "r", progress=False)
+    cfg = config_for(cut_dir, digits_dir, epochs=2, seeds=[0, 1])
+    with monkeypatch.context() as m:
+        interrupt_after(m, seed=1, epoch=1)
+        with pytest.raises(Interrupted):
+            train.run(cfg, "r", progress=False)
+    seed0 = (cut_dir / "runs/r/train/seed-0/checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    resumed = train.run(cfg, "r", progress=False)
+    err = capsys.readouterr().err
+    assert "resuming run r seed 1 after epoch 1 of 2" in err and "from scratch" not in err
+    assert "seed 0" not in err  # finished in the interrupted attempt: kept, not retrained
+    assert (cut_dir / "runs/r/train/seed-0/checkpoint.pt").read_bytes() == seed0
+    for seed in (0, 1):
+        a, b = checkpoint_of(whole_dir, seed), checkpoint_of(cut_dir, seed)
+        assert a["epoch"] == b["epoch"] == 2
+        for key in a["model"]:
+            assert torch.equal(a["model"][key], b["model"][key]), (seed, key)
+    cols = ["seed", "epoch", "loss", "base_loss", "tcm_loss", "lr"]
+    pd.testing.assert_frame_equal(whole.history[cols], resumed.history[cols], check_exact=True)
+
+
+@pytest.mark.parametrize("change,notice", [
+    ("code", "was written by other code (tcm source files changed)"),
+    ("settings", "was written with other settings"),
+])
+def test_interrupted_run_of_other_code_or_settings_starts_afresh(tmp_path, digits_dir, monkeypatch, capsys,
+                                                                 change, notice) -> None:
+    cfg = config_for(tmp_path, digits_dir, epochs=2)
+    with monkeypatch.context() as m:
+        interrupt_after(m, seed=0, epoch=1)
+        with pytest.raises(Interrupted):
+            train.run(cfg, "r", progress=False)
+    if change == "code":  # as if a loss, the model or the data code had been edited
+        monkeypatch.setattr(train, "code_fingerprint", lambda module: "edited")
+    else:
+        cfg = config_for(tmp_path, digits_dir, epochs=2, lr=0.002)
+    capsys.readouterr()
+    result = train.run(cfg, "r", progress=False)
+    err = capsys.readouterr().err
+    assert notice in err and "resuming" not in err
+    assert list(result.history.epoch) == [1, 2]
 
 
 def test_checkpoint_of_another_model_structure_starts_afresh(tmp_path, digits_dir, monkeypatch, capsys) -> None:
-    # The bug of issue 5: same params, changed code (here: another head size) -> start fresh, no crash.
-    cfg = config_for(tmp_path, digits_dir, epochs=1)
-    train.run(cfg, "r", progress=False)
+    # Same params and fingerprinted code, another structure (a module patched from outside): start fresh.
+    cfg = config_for(tmp_path, digits_dir, epochs=2)
+    with monkeypatch.context() as m:
+        interrupt_after(m, seed=0, epoch=1)
+        with pytest.raises(Interrupted):
+            train.run(cfg, "r", progress=False)
     real = train.build_model
     monkeypatch.setattr(train, "build_model", lambda m: real(m.model_copy(update={"embedding_dim": 32})))
     result = train.run(cfg, "r", progress=False)
-    assert "written with other settings or another model" in capsys.readouterr().err
-    assert len(result.history) == 1
-    state = torch.load(tmp_path / "runs/r/checkpoint.pt", weights_only=False)
-    assert state["model"]["head.weight"].shape[0] == 32
+    assert "was written for another model" in capsys.readouterr().err
+    assert list(result.history.epoch) == [1, 2]
+    assert checkpoint_of(tmp_path)["model"]["head.weight"].shape[0] == 32
 
 
-def test_checkpoint_that_does_not_load_starts_afresh(tmp_path, digits_dir, capsys) -> None:
-    cfg = config_for(tmp_path, digits_dir, epochs=1)
-    train.run(cfg, "r", progress=False)
-    path = tmp_path / "runs/r/checkpoint.pt"
-    state = torch.load(path, weights_only=False)
-    state["model"].pop("head.bias")
-    torch.save(state, path)
-    result = train.run(cfg, "r", progress=False)
-    assert "does not load into this model" in capsys.readouterr().err
-    assert len(result.history) == 1
-    path.write_bytes(b"not a checkpoint")
-    assert len(train.run(cfg, "r", progress=False).history) == 1
-    assert "cannot read" in capsys.readouterr().err
+def test_checkpoint_that_does_not_load_starts_afresh(tmp_path, digits_dir, monkeypatch, capsys) -> None:
+    cfg = config_for(tmp_path, digits_dir, epochs=2)
+    path = tmp_path / "runs/r/train/seed-0/checkpoint.pt"
+    for corrupt, notice in ((lambda s: s["model"].pop("head.bias"), "does not load into this model"),
+                            (None, "not a readable checkpoint")):
+        with monkeypatch.context() as m:
+            interrupt_after(m, seed=0, epoch=1)
+            with pytest.raises(Interrupted):
+                train.run(cfg, "r", progress=False)
+        if corrupt is None:
+            path.write_bytes(b"not a checkpoint")
+        else:
+            state = torch.load(path, weights_only=True)
+            corrupt(state)
+            torch.save(state, path)
+        capsys.readouterr()
+        result = train.run(cfg, "r", progress=False)
+        assert notice in capsys.readouterr().err
+        assert list(result.history.epoch) == [1, 2]
 
 
 def test_chunked_large_batch_recipe_trains_end_to_end(tmp_path, digits_dir) -> None:

@@ -16,6 +16,7 @@ from conftest import write_params
 from test_train import digits_dir, params_for  # noqa: F401  (fixture)
 
 EPOCHS = 4
+CKPT = "runs/r/train/seed-0/checkpoint.pt"
 
 
 def _train(params: Path, **popen) -> subprocess.Popen:
@@ -48,15 +49,15 @@ def test_killed_run_resumes_bit_identically_and_continues_its_mlflow_run(tmp_pat
         time.sleep(0.01)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    done = torch.load(killed_dir / "runs/r/checkpoint.pt", weights_only=False)["epoch"]
+    done = torch.load(killed_dir / CKPT, weights_only=True)["epoch"]
     assert 1 <= done < EPOCHS, f"the run was not interrupted (checkpoint after epoch {done})"
 
     out = _finish(_train(killed_dir / "params.yaml"))
-    assert f"resuming run r after epoch {done} of {EPOCHS}" in out
+    assert f"resuming run r seed 0 after epoch {done} of {EPOCHS}" in out
     _finish(whole)
 
-    a = torch.load(whole_dir / "runs/r/checkpoint.pt", weights_only=False)
-    b = torch.load(killed_dir / "runs/r/checkpoint.pt", weights_only=False)
+    a = torch.load(whole_dir / CKPT, weights_only=True)
+    b = torch.load(killed_dir / CKPT, weights_only=True)
     assert a["epoch"] == b["epoch"] == EPOCHS
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
@@ -70,6 +71,6 @@ def test_killed_run_resumes_bit_identically_and_continues_its_mlflow_run(tmp_pat
     exp = client.get_experiment_by_name("tcm-default")
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1, [r.info.run_id for r in runs]
-    assert runs[0].info.run_id == b["mlflow_run_id"]
+    assert runs[0].data.tags["tcm.config_hash"] == b["config_hash"] and runs[0].data.tags["tcm.seed"] == "0"
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train.loss")]
     assert sorted(steps) == list(range(1, EPOCHS + 1))

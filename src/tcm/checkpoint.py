@@ -8,6 +8,7 @@ neither of those imports the training code.
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -32,11 +33,13 @@ def read_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # weights_only refuses any pickled class or function: the file could run code when loaded.
-        first = str(e).strip().splitlines()
-        detail = next((line for line in first if "Unsupported global" in line), first[0] if first else "")
-        raise CheckpointError(f"{path}: refused: the checkpoint holds pickled Python objects, and tcm loads only "
-                              f"tensors and plain values ({detail.strip()}); retrain the run") from None
+        # weights_only refuses any pickled class or function, which could run code when loaded.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found is None:
+            raise CheckpointError(f"{path}: not a readable checkpoint (truncated or another format); "
+                                  "retrain the run") from None
+        raise CheckpointError(f"{path}: refused: the checkpoint holds a pickled Python object ({found.group(1)}), "
+                              "and tcm loads only tensors and plain values; retrain the run") from None
     except Exception as e:  # truncated, or not a torch file at all
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e}); retrain the run") from None
     if not isinstance(state, dict) or "model" not in state:

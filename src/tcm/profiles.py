@@ -11,6 +11,7 @@ A profile is a params file that may end with a ``matrix:`` section instead of li
       tcm: [false, true]
       recipes: configs/recipes.yaml      # optional; per "<dataset>/<backbone>/<loss>" run settings
       stand_ins: {resnet50: small_cnn}   # optional; train another backbone in a slot (smoke runs)
+      seeds: [0, 1, 2]                   # optional; train.seeds of every run (not an axis: each run trains them all)
       overrides: {train: {epochs: 1}}    # optional; applied last to every run
 
 The text above ``matrix:`` is copied verbatim (comments included) and the expanded runs are
@@ -29,7 +30,7 @@ import yaml
 from tcm.config import ConfigError, deep_merge, parse_config
 from tcm.io import write_text
 
-MATRIX_KEYS = {"name", "dataset", "backbone", "loss", "batch_size", "tcm", "recipes", "stand_ins", "overrides"}
+MATRIX_KEYS = {"name", "dataset", "backbone", "loss", "batch_size", "tcm", "recipes", "stand_ins", "seeds", "overrides"}
 
 
 def _load_recipes(path: Path) -> dict[str, dict]:
@@ -63,6 +64,8 @@ def expand_matrix(matrix: dict[str, Any], base_dir: Path, source: str) -> dict[s
                                   "tcm": {"enabled": bool(tcm)}})
         if batch is not None:
             run = deep_merge(run, {"train": {"batch_size": batch}})
+        if matrix.get("seeds") is not None:
+            run = deep_merge(run, {"train": {"seeds": matrix["seeds"]}})
         run = deep_merge(run, matrix.get("overrides") or {})
         name = pattern.format(dataset=dataset, backbone=backbone, loss=loss, batch_size=batch)
         name += "-tcm" if tcm else ""

@@ -1,0 +1,129 @@
+"""dvc.yaml lists, for each stage, exactly the tcm source files the stage runs.
+
+A missing dependency lets `dvc repro` keep results of old code; an extra one re-runs stages
+(hours under the `paper` profile) for nothing. The files a stage runs are found two ways: by
+executing its notebook with papermill on the test pipeline and reading the kernel's
+``sys.modules`` at the end, and by following the notebook's imports through the source
+(:mod:`tcm.fingerprint`, which also catches code imported lazily on paths the test run skips).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from conftest import REPO, run_command
+
+from tcm.fingerprint import PACKAGE_DIR, source_files
+
+pytestmark = pytest.mark.e2e
+
+SRC = PACKAGE_DIR.parent  # .../src
+NOTEBOOK_STAGES = {
+    "data": ("01_data.ipynb", {"dataset": "digits"}),
+    "train": ("02_train.ipynb", {"run": "digits-ms"}),
+    "evaluate": ("03_evaluate.ipynb", {"run": "digits-ms"}),
+    "report": ("04_report.ipynb", {}),
+}
+RECORD = """
+import json as _json, sys as _sys
+_json.dump(sorted(m.__file__ for n, m in list(_sys.modules.items())
+                  if (n == "tcm" or n.startswith("tcm.")) and getattr(m, "__file__", None)),
+           open({path!r}, "w"))
+"""
+
+
+def _stage_deps(stage: str) -> list[str]:
+    """The src/ dependencies of a stage of the repository's dvc.yaml (foreach stages: their template)."""
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]
+    deps = spec.get("do", spec)["deps"]
+    return [d for d in deps if d.startswith("src/")]
+
+
+def _uncovered(files: set[str], deps: list[str]) -> set[str]:
+    return {f for f in files if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)}
+
+
+def _relative(paths) -> set[str]:
+    return {Path(p).resolve().relative_to(SRC.parent).as_posix() for p in paths}
+
+
+def _notebook_imports(nb_path: Path) -> set[str]:
+    """The tcm modules a notebook's code cells import."""
+    names = set()
+    for cell in nbformat.read(nb_path, as_version=4).cells:
+        if cell.cell_type != "code":
+            continue
+        for node in ast.walk(ast.parse(cell.source)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tcm"):
+                names.add(node.module)
+                names.update(f"{node.module}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                names.update(a.name for a in node.names if a.name.startswith("tcm"))
+    return names
+
+
+@pytest.fixture(scope="module")
+def executed_modules(project: Path, tmp_path_factory) -> dict[str, set[str]]:
+    """Per stage: the tcm files loaded in the kernel after running its notebook (in a copy of the
+    test project, so that the other end-to-end tests see it unchanged)."""
+    work = tmp_path_factory.mktemp("deps") / "project"
+    shutil.copytree(project, work, symlinks=True)
+    found = {}
+    for stage, (notebook, params) in NOTEBOOK_STAGES.items():
+        nb = nbformat.read(work / "notebooks" / notebook, as_version=4)
+        record = work / f"modules-{stage}.json"
+        nb.cells.append(nbformat.v4.new_code_cell(RECORD.format(path=str(record))))
+        path = work / f"deps-{notebook}"
+        nbformat.write(nb, path)
+        cmd = ["papermill", str(path), str(work / f"out-{notebook}"), "-k", "python3", "--log-level", "WARNING"]
+        for k, v in params.items():
+            cmd += ["-p", k, v]
+        run_command(cmd, work)
+        found[stage] = _relative(json.loads(record.read_text()))
+    # The validate stage is a command, not a notebook: record what `tcm check-params` loads.
+    code = "import sys; from tcm.cli import main; main(['check-params']);" + RECORD.format(path="validate.json")
+    run_command([sys.executable, "-c", code], work)
+    found["validate"] = _relative(json.loads((work / "validate.json").read_text()))
+    return found
+
+
+@pytest.mark.parametrize("stage", [*NOTEBOOK_STAGES, "validate"])
+def test_every_module_a_stage_runs_is_a_declared_dependency(stage: str, executed_modules) -> None:
+    deps = _stage_deps(stage)
+    assert executed_modules[stage], "nothing recorded"
+    missing = _uncovered(executed_modules[stage], deps)
+    assert not missing, f"stage {stage} runs {sorted(missing)}, which dvc.yaml does not list in its deps"
+
+
+@pytest.mark.parametrize("stage", NOTEBOOK_STAGES)
+def test_stage_deps_are_the_import_closure_of_its_notebook(stage: str) -> None:
+    notebook = REPO / "notebooks" / NOTEBOOK_STAGES[stage][0]
+    closure = _relative(p for m in _notebook_imports(notebook) for p in source_files(m))
+    deps = _stage_deps(stage)
+    missing = _uncovered(closure, deps)
+    assert not missing, f"stage {stage}: its notebook may run {sorted(missing)}, not in dvc.yaml's deps"
+    unused = [d for d in deps if not any(f == d or f.startswith(d + "/") for f in closure)]
+    assert not unused, f"stage {stage}: dvc.yaml lists {unused}, which its notebook never runs"
+
+
+def test_fresh_clone_shows_no_changed_source_dependency(project: Path, tmp_path) -> None:
+    """Bytecode (left by any Python run) is ignored: a clone's sources match the lock."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+    shutil.copy2(project / "dvc.lock", clone / "dvc.lock")
+    for pkg in ("src/tcm", "src/tcm/data", "src/tcm/losses", "src/tcm/metrics"):
+        (clone / pkg / "__pycache__").mkdir(exist_ok=True)
+        (clone / pkg / "__pycache__" / "stale.cpython-311.pyc").write_bytes(b"bytecode")
+    status = json.loads(run_command(["dvc", "status", "--json"], clone).stdout or "{}")
+    changed = {path for stage in status.values() for entry in stage if isinstance(entry, dict)
+               for path in entry.get("changed deps", {}) if path.startswith(("src/", "notebooks/"))}
+    assert not changed, status
