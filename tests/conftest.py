@@ -43,6 +43,9 @@ def tiny_params_file(tmp_path: Path) -> Path:
 
 def run_command(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           # A project copy runs its own src/ (the venv's editable install points at the repository),
+           # so that an edit to the copy's code is the code its stages run.
+           **({"PYTHONPATH": str(cwd / "src")} if (cwd / "src/tcm").is_dir() else {}),
            "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t"}
     out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)

@@ -53,7 +53,13 @@ def _uncovered(files: set[str], deps: list[str]) -> set[str]:
 
 
 def _relative(paths) -> set[str]:
-    return {Path(p).resolve().relative_to(SRC.parent).as_posix() for p in paths}
+    """Paths from the folder holding src/ (the repository, or the project copy whose src/ ran)."""
+    out = set()
+    for p in paths:
+        parts = Path(p).resolve().parts
+        i = len(parts) - 1 - parts[::-1].index("src")
+        out.add("/".join(parts[i:]))
+    return out
 
 
 def _notebook_imports(nb_path: Path) -> set[str]:

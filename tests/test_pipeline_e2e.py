@@ -131,12 +131,12 @@ def test_explore_notebook_runs_on_a_run_given_by_its_mlflow_id(project: Path) ->
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2  # neighbour grid + utility curves
     text = json.dumps(outputs)
     assert "share_of_opis" in text and "target FAR" in text
-    assert "digits-ms (seed 1)" in text  # the seed that MLflow run trained
+    assert "'run': 'digits-ms'" in text and "'seed': 1," in text  # the seed that MLflow run trained
 
 
-def test_code_change_retrains_and_reevaluates_only_what_it_touches(project: Path) -> None:
-    """The promise of `dvc repro`: after a bug fix in the TCM loss, the TCM runs are trained again
-    (not resumed from their finished checkpoints) and their metrics move; then --force retrains."""
+def test_code_change_retrains_and_reevaluates(project: Path) -> None:
+    """The promise of `dvc repro`: after a bug fix in the TCM loss, the runs are trained again (not
+    resumed from their finished checkpoints) and the TCM runs' metrics move; then --force retrains."""
     loss = project / "src/tcm/losses/tcm.py"
     original = loss.read_text()
     before = {r: (project / f"runs/{r}/metrics.json").read_text() for r in RUNS}
@@ -146,14 +146,19 @@ def test_code_change_retrains_and_reevaluates_only_what_it_touches(project: Path
         assert loss.read_text() != original
         out = _sh(["dvc", "repro"], project).stdout
         ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-        assert ran == {"train@digits-ms-tcm", "evaluate@digits-ms-tcm", "report"}, out
+        # Every train stage depends on src/tcm/losses (DVC tracks files, not the classes a run uses).
+        assert {"train@digits-ms", "train@digits-ms-tcm", "evaluate@digits-ms", "evaluate@digits-ms-tcm",
+                "report"} <= ran <= {"validate", "train@digits-ms", "train@digits-ms-tcm", "evaluate@digits-ms",
+                                     "evaluate@digits-ms-tcm", "report"}, out
+        # Retrained, bit-identical on this machine where the code did not change what it computes ...
         assert (project / "runs/digits-ms/metrics.json").read_text() == before["digits-ms"]
+        # ... and changed where it did: the TCM run was not resumed from its finished checkpoint.
         assert (project / "runs/digits-ms-tcm/metrics.json").read_text() != before["digits-ms-tcm"]
         executed = (project / "reports/notebooks/train-digits-ms-tcm.ipynb").read_text()
         assert "holds a finished run; training digits-ms-tcm from scratch" in executed
     finally:
         loss.write_text(original)
-    out = _sh(["dvc", "repro", "--force", "train@digits-ms"], project).stdout
+    out = _sh(["dvc", "repro", "--force", "--single-item", "train@digits-ms"], project).stdout
     assert "Running stage 'train@digits-ms'" in out
     assert "holds a finished run" in (project / "reports/notebooks/train-digits-ms.ipynb").read_text()
     _sh(["dvc", "repro"], project)  # back to the committed code

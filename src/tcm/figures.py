@@ -7,10 +7,12 @@ from pathlib import Path
 
 # No matplotlib.use(): notebooks keep their inline backend; headless runs fall back to Agg by themselves.
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 import pandas as pd
 
 from tcm.io import atomic_path
+from tcm.notebook import by_seed, draw_utility, run_utility
 
 # Matplotlib writes dates into PNG and PDF files; without them unchanged results give unchanged files.
 _METADATA = {".png": {"Software": None}, ".pdf": {"CreationDate": None, "Producer": None}}
@@ -23,16 +25,6 @@ def save(fig: plt.Figure, png: Path) -> Path:
             fig.savefig(tmp, format=path.suffix[1:], dpi=120, metadata=_METADATA[path.suffix])
     plt.close(fig)
     return png
-
-
-def draw_utility(ax: plt.Axes, curves: pd.DataFrame, title: str) -> None:
-    """One thin line per class from a curves.csv table, the pooled curve in bold black."""
-    for _, g in curves[curves["class"] != "overall"].groupby("class"):
-        ax.plot(g["threshold"], g["utility"], lw=1, alpha=0.6)
-    o = curves[curves["class"] == "overall"]
-    ax.plot(o["threshold"], o["utility"], color="black", lw=2.5, label="overall")
-    ax.set(title=title, xlabel="cosine similarity threshold", ylabel="utility (F-score of TPR, TNR)")
-    ax.legend(loc="lower left")
 
 
 def utility_pair(without: pd.DataFrame, with_tcm: pd.DataFrame, title: str) -> plt.Figure:
@@ -60,32 +52,82 @@ def pareto_front(recall: np.ndarray, opis: np.ndarray) -> np.ndarray:
     return np.array(sorted(front, key=lambda i: recall[i]), dtype=int)
 
 
+def _errors(sd: pd.Series) -> np.ndarray:
+    """Error bar lengths: no bar (0) where one seed gives no sd."""
+    return sd.fillna(0.0).to_numpy(float)
+
+
 def landscape(summary: pd.DataFrame) -> plt.Figure:
-    """Recall@1 vs OPIS of every evaluated run, without / with TCM, with the Pareto frontier."""
+    """Recall@1 vs OPIS of every evaluated run (mean ± sd over seeds as error bars), without / with
+    TCM, with the Pareto frontier of the means."""
     fig, ax = plt.subplots(figsize=(6.5, 4.8), layout="constrained")
     for tcm, marker in ((False, "o"), (True, "^")):
         d = summary[summary["tcm"] == tcm]
-        ax.scatter(d["R@1"], d["OPIS"], marker=marker, s=60, label="with TCM" if tcm else "without TCM")
+        ax.errorbar(d["R@1 mean"], d["OPIS mean"], xerr=_errors(d["R@1 sd"]), yerr=_errors(d["OPIS sd"]),
+                    fmt=marker, ms=7, capsize=3, label="with TCM" if tcm else "without TCM")
         for _, r in d.iterrows():
-            ax.annotate(r["run"], (r["R@1"], r["OPIS"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    front = pareto_front(summary["R@1"].to_numpy(float), summary["OPIS"].to_numpy(float))
+            ax.annotate(r["run"], (r["R@1 mean"], r["OPIS mean"]), fontsize=7, xytext=(4, 4),
+                        textcoords="offset points")
+    recall, opis = summary["R@1 mean"].to_numpy(float), summary["OPIS mean"].to_numpy(float)
+    front = pareto_front(recall, opis)
     if len(front) > 1:
-        ax.plot(summary["R@1"].to_numpy()[front], summary["OPIS"].to_numpy()[front], "k--", lw=1,
-                label="Pareto frontier")
+        ax.plot(recall[front], opis[front], "k--", lw=1, label="Pareto frontier (means)")
     ax.set(xlabel="Recall@1", ylabel="OPIS (lower = more threshold-consistent)",
-           title="Accuracy vs threshold consistency")
+           title="Accuracy vs threshold consistency (mean ± sd over seeds)")
     ax.legend(fontsize=8)
     return fig
 
 
 def training_curves(histories: dict[str, pd.DataFrame]) -> plt.Figure:
+    """Loss parts per epoch of every run: the mean over seeds, with a band from the min to the max
+    seed (one colour per run)."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
-    for name, h in histories.items():
+    colours = plt.get_cmap("tab10" if len(histories) <= 10 else "tab20")
+    for i, (name, h) in enumerate(histories.items()):
+        colour = colours(i % colours.N)
+        n = h["seed"].nunique() if "seed" in h else 1
         for ax, col in zip(axes, ("loss", "base_loss", "tcm_loss")):
-            ax.plot(h["epoch"], h[col], marker=".", label=name)
+            g = h.groupby("epoch")[col].agg(["mean", "min", "max"])
+            ax.plot(g.index, g["mean"], marker=".", color=colour, label=f"{name} ({n} seed{'s' * (n != 1)})")
+            ax.fill_between(g.index, g["min"], g["max"], color=colour, alpha=0.2, lw=0)
     for ax, title in zip(axes, ("total loss", "base loss", "TCM term")):
-        ax.set(xlabel="epoch", ylabel=title, title=title)
+        ax.set(xlabel="epoch", ylabel=title, title=f"{title} (mean over seeds, band = min to max)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend(fontsize=7)
+    return fig
+
+
+def tcm_effect(comparison: pd.DataFrame, differences: pd.DataFrame) -> plt.Figure:
+    """Per comparison, the mean paired change with TCM (with - without) of OPIS and of Recall@1
+    (in points), with its 95% t interval as a bar and each seed's change as a dot.
+
+    ``comparison``: the report's comparison table (columns ``comparison``, ``<m> change``,
+    ``<m> change low``, ``<m> change high``); ``differences``: one row per comparison and seed
+    (``comparison``, ``seed``, ``<m> change``)."""
+    keys = list(comparison["comparison"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 1.2 + 0.45 * len(keys)), sharey=True, layout="constrained",
+                             squeeze=False)
+    y = {k: i for i, k in enumerate(keys)}
+    seeds = sorted(differences["seed"].unique())
+    # Small fixed vertical offsets keep seeds apart without random jitter (figures stay deterministic).
+    offset = {s: 0.25 * (j - (len(seeds) - 1) / 2) / max(len(seeds) - 1, 1) for j, s in enumerate(seeds)}
+    for ax, (m, scale, label) in zip(axes[0], (("OPIS", 1.0, "OPIS change (lower = more consistent)"),
+                                                ("R@1", 100.0, "Recall@1 change (points)"))):
+        mean, low, high = (comparison[f"{m} change{part}"].to_numpy(float) * scale for part in ("", " low", " high"))
+        ys, has = np.arange(len(keys)), ~np.isnan(low)
+        ax.errorbar(mean[has], ys[has], xerr=[mean[has] - low[has], high[has] - mean[has]], fmt="o", color="black",
+                    capsize=4, label="mean, 95% t interval")
+        if (~has).any():
+            ax.plot(mean[~has], ys[~has], "o", color="black", mfc="white", label="mean (1 seed: no interval)")
+        for s in seeds:
+            d = differences[(differences["seed"] == s) & differences["comparison"].isin(y)]
+            ax.scatter(d[f"{m} change"] * scale, [y[k] + offset[s] for k in d["comparison"]], s=14, alpha=0.7,
+                       label=f"seed {s}")
+        ax.axvline(0, color="grey", lw=1, ls="--")
+        ax.set(xlabel=label, title=f"{m}: with - without TCM, paired over seeds")
+    axes[0][0].set_yticks(range(len(keys)), keys, fontsize=8)
+    axes[0][0].invert_yaxis()
+    axes[0][1].legend(fontsize=7, loc="best")
     return fig
 
 
@@ -110,7 +152,8 @@ def pair_similarities(emb: np.ndarray, labels: np.ndarray, limit: int = 3000) ->
 def similarity_histograms(runs: dict[str, tuple[np.ndarray, np.ndarray]], margins: tuple[float, float],
                           title: str) -> plt.Figure:
     """Positive / negative pair similarity histograms per run, with TCM's margins m+ and m- marked."""
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 3.8), sharey=True, squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 3.8), sharey=True, squeeze=False,
+                             layout="constrained")
     for ax, (label, (emb, y)) in zip(axes[0], runs.items()):
         pos, neg = pair_similarities(emb, y)
         bins = np.linspace(-1, 1, 81)
@@ -142,42 +185,4 @@ def embeddings_2d(runs: dict[str, tuple[np.ndarray, np.ndarray]], title: str) ->
         ax.set(title=f"{title} — {label}", aspect="equal")
         if len(classes) <= 10:
             ax.legend(fontsize=7, markerscale=3, loc="upper right")
-    return fig
-
-
-def sample_images(manifest, per_class: int = 8, max_classes: int = 10) -> plt.Figure:
-    """A grid of the first images of the first classes of a manifest (rows = classes)."""
-    from PIL import Image
-
-    table = manifest.table
-    classes = sorted(table["label"].unique())[:max_classes]
-    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.9, len(classes) * 0.9), squeeze=False)
-    for row, c in zip(axes, classes):
-        files = table.loc[table["label"] == c, "path"].head(per_class).tolist()
-        for ax in row:
-            ax.axis("off")
-        for ax, f in zip(row, files):
-            with Image.open(manifest.image_root / f) as img:
-                ax.imshow(img.convert("RGB"))
-        split = table.loc[table["label"] == c, "split"].iloc[0]
-        row[0].set_title(f"class {c} ({split})", fontsize=7, loc="left")
-    return fig
-
-
-def history(history: pd.DataFrame, title: str = "") -> plt.Figure:
-    """Loss parts and throughput per epoch of one run."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5), layout="constrained")
-    for col in ("loss", "base_loss", "tcm_loss"):
-        a.plot(history["epoch"], history[col], marker=".", label=col)
-    a.set(xlabel="epoch", ylabel="loss", title=title)
-    a.legend()
-    b.plot(history["epoch"], history["images_per_s"], marker=".")
-    b.set(xlabel="epoch", ylabel="images / s", title="training throughput")
-    return fig
-
-
-def run_utility(curves: pd.DataFrame, title: str) -> plt.Figure:
-    """Per-class utility vs threshold of one run."""
-    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-    draw_utility(ax, curves, title)
     return fig

@@ -1,13 +1,16 @@
 """Display helpers for the stage notebooks: thin views over result files, so the notebooks stay
-one library call plus displays, and the stages that show them do not import the report."""
+one library call plus displays. Kept apart from the report's figures (tcm.figures, which builds on
+the plots here) so that editing a report figure does not re-run training under DVC."""
 
 from __future__ import annotations
 
 from typing import Mapping
 
+# No matplotlib.use(): notebooks keep their inline backend; headless runs fall back to Agg by themselves.
+import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
-from tcm import figures
 from tcm.config import Config
 from tcm.stats import headline, spread
 
@@ -29,12 +32,61 @@ def plot_run_utility(cfg: Config, name: str, seed: int | None = None):
     run_dir = cfg.run_dir(name)
     seed = run_dir.evaluated_seeds()[0] if seed is None else seed
     curves = pd.read_csv(run_dir.seed_curves(seed), dtype={"class": str})
-    return figures.run_utility(curves, f"{name} (seed {seed}): per-class utility")
+    return run_utility(curves, f"{name} (seed {seed}): per-class utility")
 
 
-def sample_images(manifest):
-    return figures.sample_images(manifest)
+
+def draw_utility(ax: plt.Axes, curves: pd.DataFrame, title: str) -> None:
+    """One thin line per class from a curves.csv table, the pooled curve in bold black."""
+    for _, g in curves[curves["class"] != "overall"].groupby("class"):
+        ax.plot(g["threshold"], g["utility"], lw=1, alpha=0.6)
+    o = curves[curves["class"] == "overall"]
+    ax.plot(o["threshold"], o["utility"], color="black", lw=2.5, label="overall")
+    ax.set(title=title, xlabel="cosine similarity threshold", ylabel="utility (F-score of TPR, TNR)")
+    ax.legend(loc="lower left")
 
 
-def plot_history(history: pd.DataFrame, title: str = ""):
-    return figures.history(history, title)
+def sample_images(manifest, per_class: int = 8, max_classes: int = 10) -> plt.Figure:
+    """A grid of the first images of the first classes of a manifest (rows = classes)."""
+    from PIL import Image
+
+    table = manifest.table
+    classes = sorted(table["label"].unique())[:max_classes]
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.9, len(classes) * 0.9), squeeze=False)
+    for row, c in zip(axes, classes):
+        files = table.loc[table["label"] == c, "path"].head(per_class).tolist()
+        for ax in row:
+            ax.axis("off")
+        for ax, f in zip(row, files):
+            with Image.open(manifest.image_root / f) as img:
+                ax.imshow(img.convert("RGB"))
+        split = table.loc[table["label"] == c, "split"].iloc[0]
+        row[0].set_title(f"class {c} ({split})", fontsize=7, loc="left")
+    return fig
+
+
+def plot_history(history: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Loss parts and throughput per epoch of one run: one line per seed."""
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.5), layout="constrained")
+    panels = (("loss", "total loss"), ("base_loss", "base loss"), ("tcm_loss", "TCM term"),
+              ("images_per_s", "images / s"))
+    for seed, h in by_seed(history):
+        for ax, (col, _) in zip(axes, panels):
+            ax.plot(h["epoch"], h[col], marker=".", label=f"seed {seed}")
+    for ax, (_, name) in zip(axes, panels):
+        ax.set(xlabel="epoch", ylabel=name, title=f"{title}: {name}" if title else name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].legend(fontsize=7)
+    return fig
+
+
+def run_utility(curves: pd.DataFrame, title: str) -> plt.Figure:
+    """Per-class utility vs threshold of one run."""
+    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    draw_utility(ax, curves, title)
+    return fig
+
+
+def by_seed(history: pd.DataFrame):
+    """(seed, rows) per seed; a history without a seed column is one seed."""
+    return history.groupby("seed") if "seed" in history else [("?", history)]

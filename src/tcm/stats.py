@@ -38,7 +38,9 @@ class Spread:
 
 
 def spread(values: Sequence[float]) -> Spread:
-    """>>> spread([1.0, 2.0, 3.0])
+    """Mean, sample sd and n of ``values`` (NaN sd for one value; NaN mean and sd for none).
+
+    >>> spread([1.0, 2.0, 3.0])
     Spread(mean=2.0, sd=1.0, n=3)
     """
     x = np.asarray(values, dtype=float)
