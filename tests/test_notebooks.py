@@ -41,9 +41,11 @@ def test_notebook_is_a_thin_driver(path: Path) -> None:
             if cell is not tagged[0] and isinstance(node, ast.Constant):
                 assert not isinstance(node.value, (int, float)) or isinstance(node.value, bool), \
                     f"{path.name}: number {node.value!r} outside the parameters cell; it belongs in params.yaml"
-    # Parameters are plain assignments of strings (names and paths), nothing computed.
+    # Parameters are plain assignments of strings (names and paths), or None for an optional one;
+    # nothing computed.
     for stmt in ast.parse(_source(tagged[0])).body:
-        assert isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)
+        assert isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant)
+        assert isinstance(stmt.value.value, str) or stmt.value.value is None
 
 
 def test_dvc_stages_pass_only_declared_notebook_parameters() -> None:

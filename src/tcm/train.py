@@ -323,10 +323,13 @@ def _restore(parts: _Parts, state: dict) -> None:
     parts.scheduler.load_state_dict(state["scheduler"])
 
 
+def _history_frame(histories: dict[int, list[dict]]) -> pd.DataFrame:
+    return pd.DataFrame([{"seed": seed, **row} for seed, rows in sorted(histories.items()) for row in rows])
+
+
 def _write_history(path: Path, histories: dict[int, list[dict]]) -> None:
-    rows = [{"seed": seed, **row} for seed, rows in sorted(histories.items()) for row in rows]
     with atomic_path(path) as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False)
+        _history_frame(histories).to_csv(tmp, index=False)
 
 
 def _notice(d: Dist, message: str) -> None:
@@ -425,7 +428,7 @@ def _run(cfg: Config, name: str, run_cfg: RunConfig, d: Dist, tracker: Tracker |
     if d.main:
         _write_history(run_dir.history, histories)
         write_json(run_dir.progress, {**_read_progress(run_dir.progress), "complete": True})
-    return TrainResult(run_dir.root, pd.read_csv(run_dir.history) if d.main else pd.DataFrame())
+    return TrainResult(run_dir.root, _history_frame(histories))
 
 
 def _train_seed(run_cfg: RunConfig, name: str, seed: int, run_dir: RunDir, dataset, loader: DataLoader,
