@@ -16,7 +16,7 @@ from typing import Iterator
 import pytest
 
 from tcm.data import DataError
-from tcm.data.benchmark import Download, get_benchmark, prepare_benchmark, resolve_root
+from tcm.data.specs import Download, get_benchmark, prepare_benchmark, resolve_root
 from tcm.data.download import check_sha256, download_and_extract, download_file, safe_extract, sha256_file
 from tcm.data.synthetic import make_tiny_cub
 

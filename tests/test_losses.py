@@ -12,7 +12,7 @@ from pytorch_metric_learning.losses import SmoothAPLoss, ThresholdConsistentMarg
 from tcm.config import ConfigError, LossConfig, TCMConfig, parse_config
 from tcm.losses.registry import BASE_LOSSES
 from tcm.losses import ThresholdConsistentMargin, build_criterion
-from tcm.losses.ranking import SmoothAP
+from tcm.losses.smooth_ap import SmoothAP
 from tcm.losses.recall_at_k import RecallAtKSurrogate
 
 

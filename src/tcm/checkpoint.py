@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from tcm.config import ModelConfig
-from tcm.io import atomic_path
+from tcm.atomic import atomic_path
 from tcm.models import build_model
 from tcm.runfiles import CheckpointError
 

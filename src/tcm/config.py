@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from tcm.errors import TcmError
 from tcm.runfiles import RunDir
 
 DATASET_SOURCES = ("sklearn_digits", "mnist", "cub", "cars196", "sop", "inat2018")
@@ -46,7 +47,7 @@ LOSS_PARAMS: dict[str, tuple[str, ...]] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(TcmError, ValueError):
     """A problem in params.yaml; the message names the key and what is accepted."""
 
 

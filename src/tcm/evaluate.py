@@ -17,7 +17,7 @@ from tcm.config import Config, resolved_run
 from tcm.data import ManifestDataset, read_manifest
 from tcm.data.transforms import test_transform
 from tcm.device import pick_device
-from tcm.io import atomic_path, write_json
+from tcm.atomic import atomic_path, write_json
 from tcm.metrics import all_metrics
 from tcm.metrics.opis import curves_table
 from tcm.runfiles import CheckpointError

@@ -11,7 +11,7 @@ from matplotlib.ticker import MaxNLocator
 import numpy as np
 import pandas as pd
 
-from tcm.io import atomic_path
+from tcm.atomic import atomic_path
 from tcm.notebook import by_seed, draw_utility, run_utility
 
 # Matplotlib writes dates into PNG and PDF files; without them unchanged results give unchanged files.

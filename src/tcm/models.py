@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from tcm.config import ModelConfig
+from tcm.errors import TcmError
 
 
-class WeightsError(RuntimeError):
+class WeightsError(TcmError, RuntimeError):
     """Pretrained weights could not be loaded; the message says from where and how to get them."""
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from tcm.config import ConfigError, deep_merge, parse_config
-from tcm.io import write_text
+from tcm.atomic import write_text
 
 MATRIX_KEYS = {"name", "dataset", "backbone", "loss", "batch_size", "tcm", "recipes", "stand_ins", "seeds", "overrides"}
 

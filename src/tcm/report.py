@@ -21,7 +21,7 @@ import pandas as pd
 
 from tcm import figures
 from tcm.config import Config
-from tcm.io import atomic_path, write_json, write_text
+from tcm.atomic import atomic_path, write_json, write_text
 from tcm.notebook import run_utility
 from tcm.runfiles import RunDir
 from tcm.stats import HEADLINE, headline, paired_difference, spread

@@ -20,10 +20,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tcm.errors import TcmError
+
 _SEED_DIR = re.compile(r"seed-(\d+)")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(TcmError, ValueError):
     """A checkpoint that cannot be used: missing, truncated, holding pickled objects, or stale.
     (Defined here, free of torch, so the command line can catch it without importing torch.)"""
 

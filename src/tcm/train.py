@@ -37,20 +37,21 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from tcm.atomic import atomic_path, write_json
 from tcm.checkpoint import read_checkpoint, save_checkpoint
 from tcm.config import Config, ConfigError, RunConfig, resolved_run
 from tcm.data import ManifestDataset, read_manifest
 from tcm.data.transforms import train_transform
 from tcm.device import environment, pick_device
+from tcm.errors import TcmError
 from tcm.fingerprint import code_fingerprint
-from tcm.io import atomic_path, write_json
 from tcm.losses import Criterion, build_criterion
 from tcm.models import build_model, structure_signature
 from tcm.runfiles import CheckpointError, RunDir
 from tcm.tracking import Tracker
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(TcmError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 

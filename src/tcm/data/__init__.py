@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from tcm.config import DatasetConfig
-from tcm.data.benchmark import BENCHMARK_NAMES
+from tcm.data.specs import BENCHMARK_NAMES
 from tcm.data.manifest import DataError, Manifest, read_manifest, write_manifest
 
 def __getattr__(name: str):
@@ -55,7 +55,7 @@ def prepare(cfg: DatasetConfig, out_dir: Path | str) -> Path:
     if cfg.source in ("sklearn_digits", "mnist"):
         return _prepare_embedded(cfg, out_dir)
     if cfg.source in BENCHMARK_NAMES:
-        from tcm.data.benchmark import build_table, get_benchmark
+        from tcm.data.specs import build_table, get_benchmark
 
         bench = get_benchmark(cfg.source)
         root, image_root = cfg.root, None

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tcm.data.benchmark import Benchmark, Problems
+from tcm.data.specs import Benchmark, Problems
 from tcm.data.manifest import DataError
 
 FETCH_HELP = (

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tcm.data.benchmark import Benchmark, Download, Problems, read_lines
+from tcm.data.specs import Benchmark, Download, Problems, read_lines
 
 # CaltechDATA record 65de6-vp158 (the archive's current home; the old vision.caltech.edu address is gone).
 # Size and SHA-256 as published in tensorflow/datasets (url_checksums/caltech_birds2011.txt) and in

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from tcm.data.benchmark import Download, Problems
+from tcm.data.specs import Download, Problems
 from tcm.data.manifest import DataError
 
 CHUNK = 1 << 20

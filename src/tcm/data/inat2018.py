@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from tcm.data.benchmark import Benchmark, Problems, read_lines
+from tcm.data.specs import Benchmark, Problems, read_lines
 
 IMAGES, SPLITS = "train_val2018", "Inat_dataset_splits"
 SPLIT_FILES = {"train": f"{SPLITS}/Inaturalist_train_set1.txt", "test": f"{SPLITS}/Inaturalist_test_set1.txt"}

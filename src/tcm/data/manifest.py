@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from tcm.io import atomic_path, write_json
+from tcm.atomic import atomic_path, write_json
+from tcm.errors import TcmError
 
 MANIFEST = "manifest.csv"
 INFO = "dataset.json"
@@ -16,7 +17,7 @@ COLUMNS = ("path", "label", "split")
 SPLITS = ("train", "test")
 
 
-class DataError(ValueError):
+class DataError(TcmError, ValueError):
     """A data set on disk is missing, malformed or not what was expected; the message says where."""
 
 

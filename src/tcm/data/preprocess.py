@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from tcm.data.benchmark import Problems
+from tcm.data.specs import Problems
 from tcm.data.manifest import INFO, DataError, read_manifest, write_manifest
 
 IMAGES = "images"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tcm.data.benchmark import Benchmark, Problems, read_lines
+from tcm.data.specs import Benchmark, Problems, read_lines
 
 HEADER = ["image_id", "class_id", "super_class_id", "path"]
 

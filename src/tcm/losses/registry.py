@@ -12,7 +12,7 @@ import inspect
 import pytorch_metric_learning.losses as pml_losses
 
 from tcm.config import LossConfig, TCMConfig
-from tcm.losses.ranking import SmoothAP
+from tcm.losses.smooth_ap import SmoothAP
 from tcm.losses.recall_at_k import RecallAtKSurrogate
 from tcm.losses.tcm import ThresholdConsistentMargin
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tcm.io import atomic_path, write_text
+from tcm.atomic import atomic_path, write_text
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path) -> None:

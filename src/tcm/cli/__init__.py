@@ -21,10 +21,9 @@ import sys
 from pathlib import Path
 
 from tcm.config import ConfigError, load_config
-from tcm.data import DataError
-from tcm.runfiles import CheckpointError
+from tcm.errors import TcmError
 
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError, CheckpointError, FileNotFoundError)
+USER_ERRORS: tuple[type[Exception], ...] = (TcmError, FileNotFoundError)
 
 
 def _params_arg(p: argparse.ArgumentParser) -> None:
@@ -42,7 +41,7 @@ def cmd_check_params(args: argparse.Namespace) -> int:
     load_config(args.params)
     if args.stamp:
         # A constant stamp: downstream stages depend on it without depending on any value.
-        from tcm.io import write_text
+        from tcm.atomic import write_text
 
         write_text(args.stamp, "params.yaml validated\n")
     print(f"{args.params}: ok")
@@ -136,7 +135,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.run:
         if not args.embeddings:
             raise ConfigError("evaluate: give --run RUN, or EMBEDDINGS LABELS --out metrics.json")
-        from tcm import evaluate_files
+        from tcm.cli import evaluate_files
 
         return evaluate_files.run(args)
     from tcm import evaluate
@@ -211,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="metrics of a trained run (--run) or of saved embeddings (EMBEDDINGS LABELS)")
     p.add_argument("--run", help="embed the test split of this run of params.yaml and write runs/RUN/metrics.json")
-    from tcm.evaluate_files import add_arguments
+    from tcm.cli.evaluate_files import add_arguments
 
     add_arguments(p)
     _params_arg(p)
@@ -239,6 +238,3 @@ def main(argv: list[str] | None = None) -> int:
         print("tcm: interrupted; completed epochs are kept in the checkpoint", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

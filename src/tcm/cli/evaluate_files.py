@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from tcm.config import EvaluationConfig, OpisConfig
+from tcm.errors import TcmError
 
 _DEFAULT = EvaluationConfig()
 
@@ -52,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="progress bar on stderr (default: when stderr is a terminal)")
 
 
-class InputError(ValueError):
+class InputError(TcmError, ValueError):
     """A problem with the user's files or options; the message names it."""
 
 
@@ -91,7 +92,7 @@ def settings_from_args(args: argparse.Namespace) -> EvaluationConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate the files named in ``args``; 0 on success, 2 on bad input (one line on stderr)."""
-    from tcm.io import atomic_path, write_json
+    from tcm.atomic import atomic_path, write_json
     from tcm.metrics import evaluate_with_config
     from tcm.metrics.opis import curves_table
 
