@@ -1,6 +1,6 @@
 # Two entry points for a fresh clone (README, Quick start):
 #   make repro   create .venv, install the package with the pipeline extras, run `dvc repro`
-#   make test    same environment, run the test suite (what .ci/run calls)
+#   make test    same environment, lint (ruff) and run the test suite with the doctests (what .ci/run calls)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ACTIVATE := . $(VENV)/bin/activate
@@ -18,4 +18,4 @@ repro: $(VENV)/.installed
 	$(ACTIVATE) && dvc repro
 
 test: $(VENV)/.installed
-	$(ACTIVATE) && python -m pytest
+	$(ACTIVATE) && ruff check . && python -m pytest

@@ -27,8 +27,8 @@ from torch.utils.data import DataLoader
 
 from tcm.config import DatasetConfig
 from tcm.data import ManifestDataset, read_manifest
-from tcm.data.benchmark import prepare_benchmark
 from tcm.data.preprocess import preprocess_manifest
+from tcm.data.specs import prepare_benchmark
 from tcm.data.synthetic import make_tiny_cub
 from tcm.data.transforms import train_transform
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from tcm.device import cpu_model
+
 
 def timed(cmd: list[str], cwd: Path) -> tuple[float, str]:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -30,13 +32,6 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, str]:
     if out.returncode:
         sys.exit(f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     return seconds, out.stdout
-
-
-def cpu_model() -> str:
-    try:
-        return next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def stage_times(clone: Path) -> pd.DataFrame:
@@ -54,12 +49,13 @@ def main() -> None:
     ap.add_argument("--repo", default=".", type=Path)
     ap.add_argument("--out", default="reports/benchmarks/pipeline.md", type=Path)
     args = ap.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=args.repo, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=args.repo, capture_output=True,
+                            text=True).stdout.strip()
     with tempfile.TemporaryDirectory() as tmp:
         clone = Path(tmp) / "clone"
         subprocess.run(["git", "clone", "--quiet", str(args.repo.resolve()), str(clone)], check=True)
         cold, log = timed(["dvc", "repro"], clone)
-        stages = [l.split("'")[1] for l in log.splitlines() if l.startswith("Running stage")]
+        stages = [line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")]
         noop = [timed(["dvc", "repro"], clone)[0] for _ in range(3)]
         claims = (clone / "reports/tables/claims.md").read_text()
         per_stage = stage_times(clone)
@@ -68,8 +64,10 @@ def main() -> None:
         f"Measured by `python benchmarks/pipeline.py` on commit {commit}, in a fresh `git clone`.", "",
         f"- Machine: {os.cpu_count()} CPU cores ({cpu_model()}), {platform.system()} {platform.release()}, "
         f"Python {platform.python_version()}; no GPU used.",
-        f"- Cold `dvc repro` of the default ({len(stages)} stages: {', '.join(stages)}): **{cold:.1f} s** (target <= 240 s).",
-        f"- No-op `dvc repro` (median of 3: {', '.join(f'{s:.2f}' for s in noop)} s): **{statistics.median(noop):.2f} s** (target <= 5 s).",
+        f"- Cold `dvc repro` of the default ({len(stages)} stages: {', '.join(stages)}): **{cold:.1f} s** "
+        "(target <= 240 s).",
+        f"- No-op `dvc repro` (median of 3: {', '.join(f'{s:.2f}' for s in noop)} s): "
+        f"**{statistics.median(noop):.2f} s** (target <= 5 s).",
         "", "Wall time of each stage's notebook (papermill's record in the executed copy):", "",
         per_stage.to_markdown(index=False, floatfmt=".1f"), "",
         "## The claims table of that run", "", claims,

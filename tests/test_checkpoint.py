@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_params, write_params
 
 from tcm.checkpoint import load_trained, read_checkpoint, save_checkpoint
 from tcm.cli import main
 from tcm.runfiles import CheckpointError
-
-from conftest import tiny_params, write_params
 
 
 class Payload:

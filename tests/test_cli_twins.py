@@ -7,12 +7,11 @@ import sys
 
 import pandas as pd
 import pytest
+from conftest import tiny_params, write_params
 
 from tcm.cli import main
 from tcm.config import load_config
 from tcm.tracking import Tracker
-
-from conftest import tiny_params, write_params
 
 
 @pytest.fixture

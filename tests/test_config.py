@@ -5,11 +5,10 @@ from __future__ import annotations
 import copy
 
 import pytest
+from conftest import REPO, repo_params, write_params
 
 from tcm.cli import main
 from tcm.config import ConfigError, deep_merge, load_config, parse_config, resolved_run
-
-from conftest import REPO, repo_params, write_params
 
 
 def test_repository_params_are_valid() -> None:
@@ -18,7 +17,8 @@ def test_repository_params_are_valid() -> None:
     # run_defaults are merged under each run: the TCM runs differ only in tcm.enabled
     a, b = resolved_run(cfg, "digits-ms"), resolved_run(cfg, "digits-ms-tcm")
     assert a["tcm"]["enabled"] is False and b["tcm"]["enabled"] is True
-    assert {k: v for k, v in a.items() if k not in ("run", "tcm")} == {k: v for k, v in b.items() if k not in ("run", "tcm")}
+    same = ("run", "tcm")
+    assert {k: v for k, v in a.items() if k not in same} == {k: v for k, v in b.items() if k not in same}
     assert cfg.runs["digits-pa"].loss.name == "proxy_anchor"
     assert cfg.base_dir == REPO
 
@@ -36,8 +36,10 @@ def test_validating_params_does_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = f"import sys; from tcm.config import load_config; load_config({str(REPO / 'params.yaml')!r}); print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    code = (f"import sys; from tcm.config import load_config; load_config({str(REPO / 'params.yaml')!r}); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_deep_merge_overrides_leaves_and_keeps_siblings() -> None:
@@ -70,12 +72,17 @@ def _error(mutate) -> str:
         # impossible values
         (lambda r: r["runs"]["digits-ms"].update(loss={"name": "multisim"}),
          ["runs.digits-ms.loss.name", "'multi_similarity'", "'proxy_anchor'", "'multisim'"]),
-        (lambda r: r["runs"]["digits-ms"].update(train={"epochs": -1}), ["runs.digits-ms.train.epochs", "greater than 0"]),
-        (lambda r: r["run_defaults"]["tcm"].update(neg_margin=0.95), ["neg_margin", "must be below pos_margin", "0.95"]),
-        (lambda r: r["runs"]["digits-ms"].update(dataset="cub"), ["runs.digits-ms.dataset", "unknown dataset 'cub'", "digits"]),
+        (lambda r: r["runs"]["digits-ms"].update(train={"epochs": -1}),
+         ["runs.digits-ms.train.epochs", "greater than 0"]),
+        (lambda r: r["run_defaults"]["tcm"].update(neg_margin=0.95),
+         ["neg_margin", "must be below pos_margin", "0.95"]),
+        (lambda r: r["runs"]["digits-ms"].update(dataset="cub"),
+         ["runs.digits-ms.dataset", "unknown dataset 'cub'", "digits"]),
         (lambda r: r["run_defaults"]["loss"].update(params={"alpah": 2}), ["loss", "alpah", "accepted", "alpha"]),
-        (lambda r: r["run_defaults"]["train"].update(batch_size=81), ["batch_size (81) must be a multiple of m_per_class"]),
-        (lambda r: r["evaluation"]["opis"].update(far_range=[0.2, 0.1]), ["evaluation.opis.far_range", "0 < low < high < 1"]),
+        (lambda r: r["run_defaults"]["train"].update(batch_size=81),
+         ["batch_size (81) must be a multiple of m_per_class"]),
+        (lambda r: r["evaluation"]["opis"].update(far_range=[0.2, 0.1]),
+         ["evaluation.opis.far_range", "0 < low < high < 1"]),
         (lambda r: r["mlflow"].update(tracking_uri="./mlruns"), ["mlflow.tracking_uri", "sqlite"]),
         (lambda r: r["datasets"]["digits"].update(train_classes=list(range(10))), ["train_classes", "proper subset"]),
     ],

@@ -13,8 +13,8 @@ from PIL import Image
 from tcm.cli import main as cli_main
 from tcm.config import DatasetConfig
 from tcm.data import DataError, ManifestDataset, prepare, read_manifest
-from tcm.data.specs import prepare_benchmark
 from tcm.data.preprocess import output_relpath, preprocess_manifest, resize_image
+from tcm.data.specs import prepare_benchmark
 from tcm.data.synthetic import make_tiny
 
 

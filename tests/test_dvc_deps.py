@@ -19,7 +19,6 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-
 from conftest import REPO, run_command
 
 from tcm.fingerprint import PACKAGE_DIR, source_files

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from pytorch_metric_learning.losses import SmoothAPLoss, ThresholdConsistentMarginLoss
 
 from tcm.config import ConfigError, LossConfig, TCMConfig, parse_config
-from tcm.losses.registry import BASE_LOSSES
 from tcm.losses import ThresholdConsistentMargin, build_criterion
-from tcm.losses.smooth_ap import SmoothAP
 from tcm.losses.recall_at_k import RecallAtKSurrogate
+from tcm.losses.registry import BASE_LOSSES
+from tcm.losses.smooth_ap import SmoothAP
 
 
 def sig(x: float) -> float:

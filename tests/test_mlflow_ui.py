@@ -15,7 +15,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import E2E_RUNS, REPO
 
 pytestmark = pytest.mark.e2e

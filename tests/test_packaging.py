@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import re
+
 import tomllib
-
 import yaml
-
 from conftest import REPO
 
 
@@ -29,6 +28,7 @@ def test_ci_runs_the_readme_test_command() -> None:
     quick = readme.split("## Quick start", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     commands = [line.split("#")[0].strip() for line in quick.strip().splitlines()]
     assert commands == ["make repro", "make test"]
-    ci = [l.strip() for l in (REPO / ".ci/run").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    lines = (REPO / ".ci/run").read_text().splitlines()
+    ci = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     assert ci[-1] == "make test"  # the test command, after installing the browser the UI test needs
-    assert sum("pytest" in l or "make " in l for l in ci) == 1
+    assert sum("pytest" in line or "make " in line for line in ci) == 1

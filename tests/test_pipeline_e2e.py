@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import E2E_RUNS as RUNS
 from conftest import E2E_SEEDS as SEEDS
 from conftest import run_command as _sh
@@ -72,7 +71,8 @@ def test_mlflow_has_one_run_per_configuration_and_seed_with_everything(project: 
         assert 0 <= r.data.metrics["test.opis"] and 0 <= r.data.metrics["test.recall_at_k.1"] <= 1
         assert r.data.tags["git_commit"] != "unknown" and r.data.tags["stage"] == "report"
         assert r.data.tags["env.device"] == "cpu" and r.data.tags["env.torch"]  # the machine is recorded
-        artifacts = {a.path for d in ("notebooks", "figures", "config") for a in client.list_artifacts(r.info.run_id, d)}
+        artifacts = {a.path for d in ("notebooks", "figures", "config")
+                     for a in client.list_artifacts(r.info.run_id, d)}
         assert f"notebooks/train-{run}.ipynb" in artifacts and "config/run.json" in artifacts
     assert not (project / "mlruns").exists()
 

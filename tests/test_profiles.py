@@ -9,13 +9,12 @@ import shutil
 import pandas as pd
 import pytest
 import yaml
+from conftest import REPO, run_command
 
 from tcm.cli import main
 from tcm.config import ConfigError, load_config, parse_config
 from tcm.profiles import activate, render
 from tcm.report import find_pairs
-
-from conftest import REPO, run_command
 
 PROFILES = REPO / "profiles"
 
@@ -37,12 +36,13 @@ def test_paper_profile_is_the_32_run_matrix_with_published_recipes(tmp_path) -> 
     pairs = find_pairs(cfg)
     assert len(pairs) == 16 and all(p.with_tcm == p.without + "-tcm" for p in pairs)
     assert {(r.dataset, r.model.backbone, r.loss.name) for r in cfg.runs.values()} == {
-        (d, b, l) for d in ("cub", "cars196", "sop", "inat2018") for b in ("resnet50", "vit_b_16")
-        for l in ("smooth_ap", "rs_at_k")}
+        (d, b, loss) for d in ("cub", "cars196", "sop", "inat2018") for b in ("resnet50", "vit_b_16")
+        for loss in ("smooth_ap", "rs_at_k")}
     recipes = yaml.safe_load((REPO / "configs/recipes.yaml").read_text())["runs"]
     for name, run in cfg.runs.items():
         recipe = recipes[f"{run.dataset}/{run.model.backbone}/{run.loss.name}"]["train"]
-        assert (run.train.batch_size, run.train.epochs, run.train.lr) == (recipe["batch_size"], recipe["epochs"], recipe["lr"]), name
+        assert (run.train.batch_size, run.train.epochs, run.train.lr) == (
+            recipe["batch_size"], recipe["epochs"], recipe["lr"]), name
     assert cfg.runs["sop-resnet50-rs_at_k"].train.batch_size == 4000
 
 
@@ -74,14 +74,14 @@ def test_paper_profile_dry_run_lists_every_stage(tmp_path) -> None:
     runs = load_config(tmp_path / "params.yaml").runs
     expected = {"validate", "report", *(f"data@{d}" for d in ("cub", "cars196", "sop", "inat2018")),
                 *(f"{s}@{r}" for s in ("train", "evaluate") for r in runs)}
-    assert {l.split("'")[1] for l in out.splitlines() if l.startswith("Running stage")} == expected
+    assert {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")} == expected
 
 
 @pytest.mark.e2e
 def test_smoke_profile_runs_the_whole_matrix_on_tiny_benchmarks(tmp_path) -> None:
     """Every stage's library call, in process (the notebooks make the same calls), on all 32 runs."""
-    from tcm import report, train
     from tcm import evaluate as evaluate_stage
+    from tcm import report, train
     from tcm.data import prepare
 
     params = activate("smoke", PROFILES, tmp_path / "params.yaml")

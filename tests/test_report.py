@@ -12,11 +12,11 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import tiny_params
+
 from tcm import figures, report
-from tcm.notebook import plot_history
 from tcm.config import Config, parse_config
+from tcm.notebook import plot_history
 
 matplotlib.use("Agg")
 

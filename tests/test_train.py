@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_params, write_params
 from torch import nn
 
 from tcm import train
@@ -17,9 +18,6 @@ from tcm.config import LossConfig, ModelConfig, TCMConfig, load_config, parse_co
 from tcm.data import prepare
 from tcm.losses import build_criterion
 from tcm.models import build_model
-
-from conftest import tiny_params, write_params
-
 
 # ---------------------------------------------------------------- helpers shared by test_train_*.py
 
@@ -165,7 +163,7 @@ def test_step_schedule_matches_multistep_lr_per_epoch(tmp_path, digits_dir) -> N
     sched = train.make_scheduler(cfg.run("r"), ours, steps_per_epoch=3)
     theirs = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     ref = torch.optim.lr_scheduler.MultiStepLR(theirs, milestones=[2, 4], gamma=0.3)
-    for epoch in range(5):
+    for _epoch in range(5):
         for _ in range(3):
             assert ours.param_groups[0]["lr"] == pytest.approx(theirs.param_groups[0]["lr"])
             ours.step()

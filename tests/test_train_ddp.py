@@ -9,7 +9,6 @@ import sys
 import pandas as pd
 import pytest
 import torch
-
 from conftest import write_params
 from test_train import digits_dir, params_for  # noqa: F401  (fixture)
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-
 from conftest import write_params
 from test_train import digits_dir, params_for  # noqa: F401  (fixture)
 

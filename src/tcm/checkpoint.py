@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from tcm.config import ModelConfig
 from tcm.atomic import atomic_path
+from tcm.config import ModelConfig
 from tcm.models import build_model
 from tcm.runfiles import CheckpointError
 
@@ -55,5 +55,6 @@ def load_trained(path: Path, device: torch.device | str = "cpu") -> tuple[torch.
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: does not load into a {model_cfg.backbone} model ({e}); retrain the run") from None
+        raise CheckpointError(f"{path}: does not load into a {model_cfg.backbone} model ({e}); "
+                              "retrain the run") from None
     return model.to(device).eval(), state

@@ -157,7 +157,8 @@ class TCMConfig(_Strict):
     def _margins(self) -> TCMConfig:
         if self.neg_margin >= self.pos_margin:
             raise ValueError(
-                f"neg_margin (m-) must be below pos_margin (m+), but got m- = {self.neg_margin} >= m+ = {self.pos_margin}"
+                f"neg_margin (m-) must be below pos_margin (m+), but got m- = {self.neg_margin} "
+                f">= m+ = {self.pos_margin}"
             )
         return self
 
@@ -279,7 +280,8 @@ class Config(_Strict):
         for name, run in self.runs.items():
             if run.dataset not in self.datasets:
                 raise ValueError(
-                    f"runs.{name}.dataset: unknown dataset {run.dataset!r}; defined in datasets: {sorted(self.datasets)}"
+                    f"runs.{name}.dataset: unknown dataset {run.dataset!r}; "
+                    f"defined in datasets: {sorted(self.datasets)}"
                 )
         return self
 

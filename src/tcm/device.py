@@ -21,7 +21,7 @@ def pick_device(setting: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -42,7 +42,7 @@ def environment(device: torch.device) -> dict[str, str | int]:
         "python": sys.version.split()[0],
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "cuda": torch.version.cuda or "none",
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count() or 0,
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),

@@ -7,12 +7,12 @@ from pathlib import Path
 
 # No matplotlib.use(): notebooks keep their inline backend; headless runs fall back to Agg by themselves.
 import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from tcm.atomic import atomic_path
-from tcm.notebook import by_seed, draw_utility, run_utility
+from tcm.notebook import draw_utility
 
 # Matplotlib writes dates into PNG and PDF files; without them unchanged results give unchanged files.
 _METADATA = {".png": {"Software": None}, ".pdf": {"CreationDate": None, "Producer": None}}

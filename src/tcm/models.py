@@ -24,7 +24,8 @@ def _small_cnn() -> tuple[nn.Module, int]:
     """A 4-block CNN for the embedded digits default: trains in seconds on a CPU."""
 
     def block(cin: int, cout: int) -> nn.Sequential:
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                             nn.ReLU(inplace=True))
 
     net = nn.Sequential(block(3, 16), nn.MaxPool2d(2), block(16, 32), nn.MaxPool2d(2), block(32, 64),
                         nn.MaxPool2d(2), block(64, 64), nn.AdaptiveAvgPool2d(1), nn.Flatten())
@@ -86,11 +87,13 @@ def _load_pretrained(name: str, backbone: nn.Module, cfg: ModelConfig) -> None:
         path = Path(cfg.weights_path)
         if not path.is_file():
             raise WeightsError(f"model.weights_path: {path} does not exist; download "
-                               f"{TORCHVISION_WEIGHTS.get(name, 'the weights')} from torchvision and save its state_dict there")
+                               f"{TORCHVISION_WEIGHTS.get(name, 'the weights')} from torchvision and save its "
+                               "state_dict there")
         state = torch.load(path, map_location="cpu", weights_only=True)
     else:
         if name not in TORCHVISION_WEIGHTS:
-            raise WeightsError(f"model.pretrained: no ImageNet weights exist for backbone {name!r}; set pretrained: false")
+            raise WeightsError(f"model.pretrained: no ImageNet weights exist for backbone {name!r}; "
+                               "set pretrained: false")
         import torchvision.models as tvm
 
         enum_name, member = TORCHVISION_WEIGHTS[name].split(".")
@@ -105,7 +108,8 @@ def _load_pretrained(name: str, backbone: nn.Module, cfg: ModelConfig) -> None:
     state = {k: v for k, v in state.items() if not k.startswith(("fc.", "heads."))}
     missing, unexpected = backbone.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise WeightsError(f"weights for {name} do not match the backbone: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise WeightsError(f"weights for {name} do not match the backbone: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
 
 
 class EmbeddingNet(nn.Module):

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from tcm import figures
-from tcm.config import Config
 from tcm.atomic import atomic_path, write_json, write_text
+from tcm.config import Config
 from tcm.notebook import run_utility
 from tcm.runfiles import RunDir
 from tcm.stats import HEADLINE, headline, paired_difference, spread
@@ -422,7 +422,7 @@ def _log_to_mlflow(cfg: Config, tracker: Tracker, reports: Path, owned: dict[str
             continue
         info = json.loads(run_dir.info.read_text())
         notebooks = [reports / "notebooks" / f"{stage}-{name}.ipynb" for stage in ("train", "evaluate")]
-        for seed, seed_info in sorted(info.get("seeds", {}).items(), key=lambda kv: int(kv[0])):
+        for _seed, seed_info in sorted(info.get("seeds", {}).items(), key=lambda kv: int(kv[0])):
             run_id = tracker.find_run(name, seed_info["config_hash"])
             tracker.log_artifacts(run_id, notebooks, "notebooks")
             tracker.log_artifacts(run_id, owned.get(name, []), "figures")

@@ -20,7 +20,8 @@ _NOTICE_SHOWN = False
 def git_commit(cwd: Path) -> str:
     """HEAD's commit, with '-dirty' when tracked files differ from it; 'unknown' outside git."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                              check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True,
                                text=True, check=True).stdout.strip()
         return head + ("-dirty" if dirty else "")

@@ -149,7 +149,8 @@ def make_loader(dataset: ManifestDataset, run: RunConfig, name: str, device: tor
     if t.m_per_class * n_classes < batch:
         raise ConfigError(
             f"runs.{name}.train.batch_size: {t.batch_size} needs at least {batch // t.m_per_class} train classes "
-            f"at m_per_class={t.m_per_class}, but the train split has {n_classes}; lower batch_size or raise m_per_class")
+            f"at m_per_class={t.m_per_class}, but the train split has {n_classes}; "
+            "lower batch_size or raise m_per_class")
     length = (t.samples_per_epoch or len(dataset)) // world_size
     sampler = _m_per_class_sampler(dataset.labels, t.m_per_class, batch, max(length, batch))
     return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True, num_workers=t.num_workers,

@@ -7,8 +7,9 @@ import shutil
 from pathlib import Path
 
 from tcm.config import DatasetConfig
-from tcm.data.specs import BENCHMARK_NAMES
 from tcm.data.manifest import DataError, Manifest, read_manifest, write_manifest
+from tcm.data.specs import BENCHMARK_NAMES
+
 
 def __getattr__(name: str):
     # ManifestDataset needs torch; importing it lazily keeps `tcm data`, params validation and the

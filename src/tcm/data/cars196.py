@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tcm.data.specs import Benchmark, Problems
 from tcm.data.manifest import DataError
+from tcm.data.specs import Benchmark, Problems
 
 FETCH_HELP = (
     "No stable public download exists (the original addresses under http://imagenet.stanford.edu/internal/car196/ "

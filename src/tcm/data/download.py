@@ -17,8 +17,8 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from tcm.data.specs import Download, Problems
 from tcm.data.manifest import DataError
+from tcm.data.specs import Download, Problems
 
 CHUNK = 1 << 20
 USER_AGENT = "tcm-reproducibility/0.1"

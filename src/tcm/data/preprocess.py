@@ -20,8 +20,8 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from tcm.data.specs import Problems
 from tcm.data.manifest import INFO, DataError, read_manifest, write_manifest
+from tcm.data.specs import Problems
 
 IMAGES = "images"
 SETTINGS = ".preprocess.json"

@@ -128,7 +128,7 @@ def make_tiny_inat2018(root: Path | str, n_classes: int = 4, per_class: int = 3,
     folder = Path(root)
     lines: dict[str, list[str]] = {"train": [], "test": []}
     rng = np.random.default_rng(seed + 1)
-    for c, j, k, img in _images(n_classes, per_class, seed, size):
+    for c, _j, _k, img in _images(n_classes, per_class, seed, size):
         category = 100 + 7 * c  # real category ids are neither contiguous nor start at 1
         rel = f"train_val2018/{INAT_SUPER[c % len(INAT_SUPER)]}/{category}/{rng.bytes(16).hex()}.jpg"
         _save(img, folder / rel)

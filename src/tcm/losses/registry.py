@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
+import pytorch_metric_learning.losses as pml_losses
 import torch
 from torch import nn
 
-import inspect
-
-import pytorch_metric_learning.losses as pml_losses
-
 from tcm.config import LossConfig, TCMConfig
-from tcm.losses.smooth_ap import SmoothAP
 from tcm.losses.recall_at_k import RecallAtKSurrogate
+from tcm.losses.smooth_ap import SmoothAP
 from tcm.losses.tcm import ThresholdConsistentMargin
 
 # Base losses by params name (config.LOSS_PARAMS). Smooth-AP is ours: pml's SmoothAPLoss mis-groups
@@ -34,7 +32,8 @@ _ARGS_SET_BY_CODE = {"num_classes", "embedding_size", "distance", "reducer", "em
 
 def accepted_loss_params(name: str) -> list[str]:
     """Constructor arguments of base loss ``name`` that params may set."""
-    return sorted(set(inspect.signature(BASE_LOSSES[name].__init__).parameters) - {"self", "kwargs"} - _ARGS_SET_BY_CODE)
+    accepted = set(inspect.signature(BASE_LOSSES[name].__init__).parameters) - {"self", "kwargs"}
+    return sorted(accepted - _ARGS_SET_BY_CODE)
 
 
 @dataclass

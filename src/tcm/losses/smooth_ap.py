@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tcm.losses.ranking import positive_pairs, pair_chunks, soft_beats
+from tcm.losses.ranking import pair_chunks, positive_pairs, soft_beats
 
 
 class SmoothAP(nn.Module):
