@@ -65,7 +65,8 @@ def make_data(scale: str) -> tuple[np.ndarray, np.ndarray]:
     y = np.repeat(np.arange(len(sizes)), sizes)
     rng.shuffle(y)
     sup = rng.standard_normal((spec["supers"], DIM), dtype=np.float32)
-    centres = 0.7 * sup[rng.integers(0, spec["supers"], len(sizes))] + rng.standard_normal((len(sizes), DIM), dtype=np.float32)
+    centres = (0.7 * sup[rng.integers(0, spec["supers"], len(sizes))]
+               + rng.standard_normal((len(sizes), DIM), dtype=np.float32))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     e = np.empty((len(y), DIM), dtype=np.float32)
     for a in range(0, len(y), 8192):
@@ -92,7 +93,7 @@ def cpu_seconds() -> float:
 def child(method: str, scale: str, device: str) -> dict:
     import torch
 
-    from tcm.metrics.similarity import default_chunk_size
+    from tcm.metrics.inputs import default_chunk_size
 
     e, y = make_data(scale)
     ks = SCALES[scale]["ks"]
@@ -111,10 +112,11 @@ def child(method: str, scale: str, device: str) -> dict:
     elif method == "ours":
         from tcm.metrics import evaluate_embeddings
 
-        m = evaluate_embeddings(e, y, ks=ks, device=device, chunk_size=chunk).metrics
+        m = evaluate_embeddings(e, y, recall_k=ks, device=device, chunk_size=chunk).metrics
         result = {k: m[k] for k in ("recall_at_k", "map_at_r", "r_precision", "opis", "eps_opis")}
         result["threshold_report"] = {k: m["threshold_report"][k] for k in ("threshold", "overall_far", "overall_frr")}
-        result["settings"] = {k: m["settings"][k] for k in ("threshold_resolution", "histogram_window", "histogram_passes")}
+        result["settings"] = {k: m["settings"][k]
+                              for k in ("threshold_resolution", "histogram_window", "histogram_passes")}
     elif method == "pml":
         from pytorch_metric_learning.distances import CosineSimilarity
         from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
@@ -142,7 +144,8 @@ def machine() -> dict:
 
     import torch
 
-    return {"nproc": sh("nproc"), "free -h": sh("free -h"), "cpu": sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
+    return {"nproc": sh("nproc"), "free -h": sh("free -h"),
+            "cpu": sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
             "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.cuda.is_available(),
             "loadavg_start": sh("cat /proc/loadavg")}
 

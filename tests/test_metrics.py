@@ -8,17 +8,32 @@ are real ties, and similarities sit exactly on histogram edges (the hardest case
 
 from __future__ import annotations
 
+import ast
+import inspect
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import tcm.metrics
 from tcm.config import EvaluationConfig
-from tcm.metrics import all_metrics, eps_opis, evaluate_embeddings, opis, retrieval_metrics, utility
-from tcm.metrics.similarity import normalise
+from tcm.metrics import eps_opis, evaluate_embeddings, opis, utility
+from tcm.metrics.inputs import normalise
 
 KS = [1, 2, 4, 8, 16]
+
+
+def retrieval_metrics(e: np.ndarray, y: np.ndarray, recall_k: list[int], **settings) -> dict:
+    """Recall@k, MAP@R and R-precision alone: the entry point without the threshold metrics."""
+    return evaluate_embeddings(e, y, recall_k=recall_k, threshold_metrics=False, **settings).metrics
+
+
+def metric_settings(cfg: EvaluationConfig) -> dict:
+    """params.yaml's ``evaluation`` section (``opis`` flattened, without the embedding pass's settings) as
+    ``evaluate_embeddings`` keywords: the same names."""
+    return {**cfg.model_dump(exclude={"batch_size", "num_workers", "opis"}), **cfg.opis.model_dump()}
 
 
 # ---------------------------------------------------------------- data
@@ -157,7 +172,7 @@ def test_tiny_hand_oracle():
     # nearest: a->b hit, b->d miss, c->d hit, d->b miss: R@1 = MAP@R = R-prec = 1/2; R@2 = 1.
     e = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8]])
     y = np.array([0, 0, 1, 1])
-    ev = evaluate_embeddings(e, y, ks=[1, 2], target_far=0.3, device="cpu")
+    ev = evaluate_embeddings(e, y, recall_k=[1, 2], target_far=0.3, device="cpu")
     m = ev.metrics
     assert m["recall_at_k"] == {"1": 0.5, "2": 1.0}
     assert m["map_at_r"] == 0.5 and m["r_precision"] == 0.5
@@ -174,7 +189,7 @@ def test_tiny_hand_oracle():
 @pytest.mark.parametrize("seed", [0, 1])
 def test_curves_exact_at_grid_thresholds(seed):
     e, y = dyadic(300, 25, seed, spread=8)
-    ev = evaluate_embeddings(e, y, KS, chunk_size=37, device="cpu", assume_normalized=True, target_far=0.005)
+    ev = evaluate_embeddings(e, y, recall_k=KS, chunk_size=37, device="cpu", assume_normalized=True, target_far=0.005)
     c = ev.curves
     s = brute_sims(e, True)
     b = brute_curves(s, y, c.thresholds)
@@ -206,7 +221,8 @@ def test_curves_exact_at_grid_thresholds(seed):
 
 def test_positive_pair_weighting():
     e, y = dyadic(200, 20, 3)
-    ev = evaluate_embeddings(e, y, chunk_size=50, device="cpu", assume_normalized=True, class_weighting="positive_pairs")
+    ev = evaluate_embeddings(e, y, chunk_size=50, device="cpu", assume_normalized=True,
+                             class_weighting="positive_pairs")
     b = brute_curves(brute_sims(e, True), y, ev.curves.thresholds)
     assert ev.metrics["opis"] == pytest.approx(brute_opis(b["utility"], b["overall_utility"], b["n_pos"]), abs=1e-12)
     assert opis(ev.curves, "uniform") == pytest.approx(brute_opis(b["utility"], b["overall_utility"]), abs=1e-12)
@@ -216,7 +232,7 @@ def test_continuous_data_within_resolution():
     """Cosine on continuous data: OPIS at our grid thresholds vs brute force at the exact
     quantile thresholds (un-rounded); curves within 1e-4 at our thresholds."""
     e, y = continuous(400, 40, 5)
-    ev = evaluate_embeddings(e, y, KS, chunk_size=90, device="cpu")
+    ev = evaluate_embeddings(e, y, recall_k=KS, chunk_size=90, device="cpu")
     s = brute_sims(e, False)
     want = brute_retrieval(s, y, KS)
     assert ev.metrics["recall_at_k"] == want["recall_at_k"]
@@ -246,8 +262,8 @@ def test_forced_bad_window_falls_back_to_full_range():
 
 def test_chunk_size_does_not_change_results():
     e, y = continuous(300, 30, 7)
-    a = evaluate_embeddings(e, y, KS, chunk_size=1, device="cpu").metrics
-    b = evaluate_embeddings(e, y, KS, chunk_size=300, device="cpu").metrics
+    a = evaluate_embeddings(e, y, recall_k=KS, chunk_size=1, device="cpu").metrics
+    b = evaluate_embeddings(e, y, recall_k=KS, chunk_size=300, device="cpu").metrics
     a["settings"].pop("chunk_size"), b["settings"].pop("chunk_size")
     # Exact except for float summation order of the per-query averages.
     for k in ("map_at_r", "r_precision"):
@@ -258,8 +274,8 @@ def test_chunk_size_does_not_change_results():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cpu_and_cuda_agree():
     e, y = continuous(2000, 100, 8, dim=64)
-    a = evaluate_embeddings(e, y, KS, device="cpu").metrics
-    g = evaluate_embeddings(e, y, KS, device="cuda").metrics
+    a = evaluate_embeddings(e, y, recall_k=KS, device="cpu").metrics
+    g = evaluate_embeddings(e, y, recall_k=KS, device="cuda").metrics
     assert a["recall_at_k"] == pytest.approx(g["recall_at_k"], abs=2e-3)  # near-ties may swap
     for k in ("map_at_r", "r_precision", "opis", "eps_opis"):
         assert a[k] == pytest.approx(g[k], abs=1e-3)
@@ -285,15 +301,41 @@ def test_agrees_with_accuracy_calculator():
 
 
 # ---------------------------------------------------------------- config / payload
-def test_all_metrics_payload_keys():
+def test_keywords_are_the_params_yaml_names_and_defaults():
+    params = inspect.signature(evaluate_embeddings).parameters
+    for name, value in metric_settings(EvaluationConfig()).items():
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+        default = params[name].default
+        assert (list(default) if isinstance(default, (list, tuple)) else default) == \
+            (list(value) if isinstance(value, (list, tuple)) else value), name
+
+
+def test_metrics_know_no_config_and_import_at_module_level():
+    """The config adapter lives with the callers; inside tcm.metrics no function imports tcm code."""
+    for path in Path(tcm.metrics.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not any(m == "tcm.config" or m.startswith("tcm.config.") for m in imported), path.name
+        for fn in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            for n in ast.walk(fn):
+                names = [a.name for a in n.names] if isinstance(n, ast.Import) else \
+                    [n.module or ""] if isinstance(n, ast.ImportFrom) else []
+                assert not any(m.startswith("tcm") for m in names), f"{path.name}: {fn.name} imports {names}"
+
+
+def test_payload_keys_from_config():
     e, y = continuous(120, 12, 10)
-    metrics, curves = all_metrics(e, y, EvaluationConfig(chunk_size=50, device="cpu"))
-    assert set(metrics) >= {"recall_at_k", "map_at_r", "r_precision", "opis", "eps_opis", "threshold_report", "settings"}
+    ev = evaluate_embeddings(e, y, **metric_settings(EvaluationConfig(chunk_size=50, device="cpu")))
+    metrics, curves = ev.metrics, ev.curves
+    assert set(metrics) >= {"recall_at_k", "map_at_r", "r_precision", "opis", "eps_opis", "threshold_report",
+                            "settings"}
     assert list(metrics["recall_at_k"]) == ["1", "2", "4", "8"]
     assert all(0 <= v <= 1 for v in metrics["recall_at_k"].values())
     assert metrics["settings"]["opis"]["class_weighting"] == "uniform"
     assert curves.class_utility.shape == (len(curves.classes), 101)
     assert eps_opis(curves, 0.05) == metrics["eps_opis"]
+    assert metrics["settings"]["recall_k"] == [1, 2, 4, 8] and metrics["settings"]["chunk_size"] == 50
 
 
 @pytest.mark.parametrize("e,y,words", [

@@ -32,7 +32,7 @@ def test_writes_metrics_and_curves(files, capsys):
     m = json.loads((d / "m.json").read_text())
     assert set(m) >= {"recall_at_k", "map_at_r", "r_precision", "opis", "eps_opis", "threshold_report", "settings"}
     assert list(m["recall_at_k"]) == ["1", "3"]
-    want = evaluate_embeddings(e, y, ks=[1, 3], device="cpu", chunk_size=64, target_far=0.01).metrics
+    want = evaluate_embeddings(e, y, recall_k=[1, 3], device="cpu", chunk_size=64, target_far=0.01).metrics
     assert m["opis"] == pytest.approx(want["opis"]) and m["map_at_r"] == pytest.approx(want["map_at_r"])
     assert m["settings"]["target_far"] == 0.01 and m["settings"]["opis"]["n_thresholds"] == 101
     c = pd.read_csv(d / "c.csv", dtype={"class": str})
@@ -53,16 +53,19 @@ def _save(d, name, arr):
 
 
 @pytest.mark.parametrize("make,words", [
-    (lambda d, e, y: [_save(d, "bad.npy", np.where(np.arange(len(e))[:, None] == 3, np.inf, e)), str(d / "y.npy")], "NaN or inf"),
+    (lambda d, e, y: [_save(d, "bad.npy", np.where(np.arange(len(e))[:, None] == 3, np.inf, e)), str(d / "y.npy")],
+     "NaN or inf"),
     (lambda d, e, y: [str(d / "e.npy"), _save(d, "short.npy", y[:-1])], "differ in length"),
     (lambda d, e, y: [str(d / "e.npy"), _save(d, "float.npy", y + 0.5)], "integer"),
     (lambda d, e, y: [str(d / "e.npy"), _save(d, "one.npy", np.zeros_like(y))], "two classes"),
     (lambda d, e, y: [_save(d, "flat.npy", e.ravel()), str(d / "y.npy")], "2-D"),
     (lambda d, e, y: [str(d / "e.npy"), _save(d, "y2.npy", y[:, None])], "1-D"),
-    (lambda d, e, y: [_save(d, "zero.npy", np.zeros((0, 8), np.float32)), _save(d, "y0.npy", np.zeros(0, int))], "at least one row"),
+    (lambda d, e, y: [_save(d, "zero.npy", np.zeros((0, 8), np.float32)), _save(d, "y0.npy", np.zeros(0, int))],
+     "at least one row"),
     (lambda d, e, y: [str(d / "missing.npy"), str(d / "y.npy")], "not found"),
     (lambda d, e, y: [(d / "text.npy").write_text("hello") and str(d / "text.npy"), str(d / "y.npy")], "not a .npy"),
-    (lambda d, e, y: [_save(d, "zrow.npy", np.where(np.arange(len(e))[:, None] == 0, 0, e)), str(d / "y.npy")], "all zero"),
+    (lambda d, e, y: [_save(d, "zrow.npy", np.where(np.arange(len(e))[:, None] == 0, 0, e)), str(d / "y.npy")],
+     "all zero"),
 ])
 def test_bad_input_one_line_no_traceback(files, capsys, make, words):
     d, e, y = files

@@ -238,7 +238,9 @@ class EvaluationConfig(_Strict):
     opis: OpisConfig = OpisConfig()
     # Query rows per similarity chunk; null = from the free memory (at most 512 MiB per chunk).
     chunk_size: PositiveInt | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # where the similarities are computed
+    # Where the test split is embedded and the similarities computed; loader processes for embedding.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: NonNegativeInt = 0
     # Threshold report: the global threshold with this overall FAR on the test set, and the spread
     # of per-class FAR / FRR at it (min, median, max, mean of the worst `worst_share` of classes).
     target_far: float = Field(1e-3, gt=0.0, lt=1.0)

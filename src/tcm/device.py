@@ -12,10 +12,11 @@ import torch
 from tcm.config import ConfigError
 
 
-def pick_device(setting: str, local_rank: int = 0) -> torch.device:
-    """``auto`` = CUDA when present, else CPU; ``cuda`` without a GPU is a configuration error."""
+def pick_device(setting: str, local_rank: int = 0, key: str = "train.device") -> torch.device:
+    """``auto`` = CUDA when present, else CPU; ``cuda`` without a GPU is a configuration error
+    (naming ``key``, the params.yaml setting)."""
     if setting == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: 'cuda' was requested but no CUDA device is available; use 'auto' or 'cpu'")
+        raise ConfigError(f"{key}: 'cuda' was requested but no CUDA device is available; use 'auto' or 'cpu'")
     if setting in ("auto", "cuda") and torch.cuda.is_available():
         return torch.device("cuda", local_rank)
     return torch.device("cpu")

@@ -12,13 +12,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from tcm.atomic import atomic_path, write_json
 from tcm.checkpoint import load_trained
 from tcm.config import Config, resolved_run
 from tcm.data import ManifestDataset, read_manifest
 from tcm.data.transforms import test_transform
 from tcm.device import pick_device
-from tcm.atomic import atomic_path, write_json
-from tcm.metrics import all_metrics
+from tcm.metrics import evaluate_embeddings
 from tcm.metrics.opis import curves_table
 from tcm.runfiles import CheckpointError
 from tcm.stats import seed_summary
@@ -54,7 +54,7 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
     run_dir = cfg.run_dir(name)
     settings = resolved_run(cfg, name)
     trained_settings = {k: v for k, v in settings.items() if k != "evaluation"}
-    device = pick_device(run_cfg.train.device)
+    device = pick_device(cfg.evaluation.device, key="evaluation.device")
     # Every checkpoint is checked before any embedding: a stale or missing one fails in seconds.
     states = {}
     for seed in run_cfg.train.seeds:
@@ -68,8 +68,14 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
 
     per_seed: dict[int, dict] = {}
     for seed, (model, state) in states.items():
-        emb = embed(model.to(device), dataset, cfg.evaluation.batch_size, device, progress, run_cfg.train.num_workers)
-        metrics, curves = all_metrics(emb, dataset.labels, cfg.evaluation, progress)
+        emb = embed(model.to(device), dataset, cfg.evaluation.batch_size, device, progress,
+                    cfg.evaluation.num_workers)
+        ev, o = cfg.evaluation, cfg.evaluation.opis  # params.yaml's names are evaluate_embeddings' keywords
+        result = evaluate_embeddings(emb, dataset.labels, recall_k=ev.recall_k, beta=o.beta, far_range=o.far_range,
+                                     n_thresholds=o.n_thresholds, eps=o.eps, class_weighting=o.class_weighting,
+                                     resolution=o.resolution, chunk_size=ev.chunk_size, device=ev.device,
+                                     target_far=ev.target_far, worst_share=ev.worst_share, progress=progress)
+        metrics, curves = result.metrics, result.curves
         metrics.update(run=name, seed=seed)
         with atomic_path(run_dir.seed_embeddings(seed)) as tmp:
             with open(tmp, "wb") as f:

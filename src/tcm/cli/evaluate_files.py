@@ -5,7 +5,8 @@ cosine. Writes JSON with ``recall_at_k`` (k as a string -> value), ``map_at_r``,
 ``opis``, ``eps_opis``, ``threshold_report`` and ``settings``; ``--curves FILE`` adds the per-class
 TPR / TNR / utility curves as CSV (long format, the pooled curve as class "overall").
 
-Defaults are those of the ``evaluation`` section of params.yaml (``tcm.config.EvaluationConfig``).
+Defaults are those of the ``evaluation`` section of params.yaml (``tcm.config.EvaluationConfig``), and
+the options are checked against it; they reach ``tcm.metrics.evaluate_embeddings`` under its names.
 Bad input prints one line naming the problem and exits 2.
 """
 
@@ -76,24 +77,30 @@ def load_array(path: str, what: str) -> np.ndarray:
         raise InputError(f"{what} file {path}: cannot read as .npy ({reason})") from None
 
 
-def settings_from_args(args: argparse.Namespace) -> EvaluationConfig:
+def settings_from_args(args: argparse.Namespace) -> dict:
+    """The metric settings in ``args``, checked against params.yaml's schema (``EvaluationConfig``), as the
+    keyword arguments of ``evaluate_embeddings`` (the same names)."""
     try:
-        return EvaluationConfig(
+        cfg = EvaluationConfig(
             recall_k=args.k, chunk_size=args.chunk_size, device=args.device, target_far=args.target_far,
             worst_share=args.worst_share,
-            opis=OpisConfig(beta=args.beta, far_range=tuple(args.far_range), n_thresholds=args.n_thresholds, eps=args.eps,
-                            class_weighting=args.class_weighting, resolution=args.resolution))
+            opis=OpisConfig(beta=args.beta, far_range=tuple(args.far_range), n_thresholds=args.n_thresholds,
+                            eps=args.eps, class_weighting=args.class_weighting, resolution=args.resolution))
     except ValidationError as e:
         err = e.errors()[0]
         flags = {"recall_k": "k", "opis": str(err["loc"][-1]) if err["loc"] else "option"}
         where = "--" + flags.get(str(err["loc"][0]), str(err["loc"][0])).replace("_", "-") if err["loc"] else "option"
         raise InputError(f"{where}: {err['msg']}") from None
+    o = cfg.opis
+    return dict(recall_k=cfg.recall_k, beta=o.beta, far_range=o.far_range, n_thresholds=o.n_thresholds, eps=o.eps,
+                class_weighting=o.class_weighting, resolution=o.resolution, chunk_size=cfg.chunk_size,
+                device=cfg.device, target_far=cfg.target_far, worst_share=cfg.worst_share)
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate the files named in ``args``; 0 on success, 2 on bad input (one line on stderr)."""
     from tcm.atomic import atomic_path, write_json
-    from tcm.metrics import evaluate_with_config
+    from tcm.metrics import evaluate_embeddings
     from tcm.metrics.opis import curves_table
 
     try:
@@ -101,11 +108,11 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("give both EMBEDDINGS and LABELS (.npy files)")
         if not args.out:
             raise InputError("--out JSON is required with EMBEDDINGS LABELS")
-        cfg = settings_from_args(args)
+        settings = settings_from_args(args)
         emb = load_array(args.embeddings, "EMBEDDINGS")
         lab = load_array(args.labels, "LABELS")
         progress = sys.stderr.isatty() if args.progress is None else args.progress
-        ev = evaluate_with_config(emb, lab, cfg, progress=progress)
+        ev = evaluate_embeddings(emb, lab, **settings, progress=progress)
     except (InputError, ValueError) as e:  # check_inputs and the metrics raise ValueError naming the problem
         print(f"tcm evaluate: error: {e}", file=sys.stderr)
         return 2

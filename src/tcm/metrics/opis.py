@@ -64,13 +64,13 @@ def utility(tpr: np.ndarray, tnr: np.ndarray, beta: float = 1.0) -> np.ndarray:
         return np.where(den > 0, (1 + beta**2) * tpr * tnr / np.where(den > 0, den, 1), 0.0)
 
 
-def calibration_thresholds(hist: ClassHistograms, far_range: tuple[float, float], n: int) -> np.ndarray:
-    """Local grid indices of ``n`` thresholds evenly spaced from overall FAR = far_range[1] up to
+def calibration_thresholds(hist: ClassHistograms, far_range: tuple[float, float], n_thresholds: int) -> np.ndarray:
+    """Local grid indices of ``n_thresholds`` thresholds evenly spaced from overall FAR = far_range[1] up to
     FAR = far_range[0], each end the lowest grid edge at which the FAR is at most that value
     (the (1 - FAR) quantile of the pooled negatives, rounded up to the grid), each inner point
     rounded to the nearest edge."""
     lo, hi = hist.threshold_at_far(far_range[1]), hist.threshold_at_far(far_range[0])
-    return np.rint(np.linspace(lo, hi, n)).astype(np.int64)
+    return np.rint(np.linspace(lo, hi, n_thresholds)).astype(np.int64)
 
 
 def curves_from_histograms(hist: ClassHistograms, beta: float = 1.0, far_range: tuple[float, float] = (1e-2, 1e-1),
@@ -88,24 +88,24 @@ def curves_from_histograms(hist: ClassHistograms, beta: float = 1.0, far_range: 
                          tpr, tnr, utility(tpr, tnr, beta), n_pos[keep], hist.grid.width)
 
 
-def class_weights(curves: UtilityCurves, weighting: ClassWeighting = "uniform") -> np.ndarray:
+def class_weights(curves: UtilityCurves, class_weighting: ClassWeighting = "uniform") -> np.ndarray:
     """w_i: 1/C, or each class's share of the positive pairs.
 
     >>> c = UtilityCurves(*[np.zeros(1)] * 4, np.arange(2), *[np.zeros((2, 1))] * 3, np.array([2, 6]))
     >>> class_weights(c, "positive_pairs").tolist()
     [0.25, 0.75]
     """
-    if weighting == "uniform":
+    if class_weighting == "uniform":
         return np.full(len(curves.classes), 1.0 / len(curves.classes))
-    if weighting == "positive_pairs":
+    if class_weighting == "positive_pairs":
         if curves.class_positive_pairs is None:
             raise ValueError("positive_pairs weighting needs curves with class_positive_pairs")
         p = np.asarray(curves.class_positive_pairs, dtype=np.float64)
         return p / p.sum()
-    raise ValueError(f"class weighting must be 'uniform' or 'positive_pairs', but got {weighting!r}")
+    raise ValueError(f"class weighting must be 'uniform' or 'positive_pairs', but got {class_weighting!r}")
 
 
-def opis(curves: UtilityCurves, weighting: ClassWeighting = "uniform") -> float:
+def opis(curves: UtilityCurves, class_weighting: ClassWeighting = "uniform") -> float:
     """sum_i w_i mean_t (U_i(t) - U(t))^2.
 
     >>> c = UtilityCurves(np.zeros(2), np.array([0.5, 0.5]), *[np.zeros(2)] * 2, np.arange(2),
@@ -114,7 +114,7 @@ def opis(curves: UtilityCurves, weighting: ClassWeighting = "uniform") -> float:
     0.02
     """
     gap = ((curves.class_utility - curves.overall_utility[None, :]) ** 2).mean(axis=1)
-    return float(class_weights(curves, weighting) @ gap)
+    return float(class_weights(curves, class_weighting) @ gap)
 
 
 def eps_opis(curves: UtilityCurves, eps: float = 0.05) -> float:
@@ -144,12 +144,3 @@ def curves_table(curves: UtilityCurves) -> pandas.DataFrame:
         frames.append(pd.DataFrame({"class": str(c), "threshold": t, "tpr": tpr, "tnr": tnr, "utility": u}))
     return pd.concat(frames, ignore_index=True)
 
-
-def utility_curves(embeddings: np.ndarray, labels: np.ndarray, beta: float = 1.0,
-                   far_range: tuple[float, float] = (1e-2, 1e-1), n_thresholds: int = 101,
-                   chunk_size: int | None = None, device: str = "cpu") -> UtilityCurves:
-    """Curves straight from embeddings (one chunked pass; see ``tcm.metrics.suite``)."""
-    from tcm.metrics.suite import evaluate_embeddings
-
-    return evaluate_embeddings(embeddings, labels, beta=beta, far_range=far_range, n_thresholds=n_thresholds,
-                               chunk_size=chunk_size, device=device, retrieval=False).curves

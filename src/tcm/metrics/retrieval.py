@@ -10,14 +10,11 @@ its class:
 
 Neighbours are ordered by similarity, ties broken by ascending gallery index. A query whose
 class has no other image (R = 0) is skipped, but the image stays in the gallery (and among the
-negatives of the threshold metrics). Computed in chunks: see ``tcm.metrics.scan``.
+negatives of the threshold metrics). Computed in chunks: see ``tcm.metrics.scan``; the retrieval
+metrics alone are ``evaluate_embeddings(..., threshold_metrics=False)`` (``tcm.metrics.suite``).
 """
 
 from __future__ import annotations
-
-from typing import Sequence
-
-import numpy as np
 
 from tcm.metrics.scan import RetrievalSums
 
@@ -32,16 +29,3 @@ def from_sums(sums: RetrievalSums) -> dict:
     return {"recall_at_k": {str(k): h / n for k, h in sums.hits.items()}, "map_at_r": sums.ap_sum / n,
             "r_precision": sums.r_precision_sum / n, "num_queries": sums.n_queries}
 
-
-def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 2, 4, 8),
-                      chunk_size: int | None = None, device: str = "cpu", assume_normalized: bool = False) -> dict:
-    """Recall@k for every k in ``ks``, MAP@R and R-precision (see the module doc).
-
-    >>> e = np.array([[1.0, 0], [0.9, 0.1], [0, 1.0], [0.1, 0.9]]); y = np.array([0, 0, 1, 1])
-    >>> retrieval_metrics(e, y, ks=[1])["recall_at_k"]
-    {'1': 1.0}
-    """
-    from tcm.metrics.suite import evaluate_embeddings
-
-    return evaluate_embeddings(embeddings, labels, ks=ks, chunk_size=chunk_size, device=device,
-                               assume_normalized=assume_normalized, threshold_metrics=False).metrics

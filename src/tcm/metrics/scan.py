@@ -76,7 +76,7 @@ def _rank_chunk(s: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _retrieval_update(sums: dict[str, torch.Tensor], idx: torch.Tensor, inv_t: torch.Tensor, qcls: torch.Tensor,
-                      r: torch.Tensor, ks: list[int]) -> None:
+                      r: torch.Tensor, recall_k: list[int]) -> None:
     rel = inv_t[idx] == qcls[:, None]  # (Q, K) is the i-th neighbour a positive
     valid = r > 0  # singleton classes are not queries
     ranks = torch.arange(1, idx.shape[1] + 1, device=idx.device, dtype=torch.float64)
@@ -86,22 +86,26 @@ def _retrieval_update(sums: dict[str, torch.Tensor], idx: torch.Tensor, inv_t: t
     sums["n"] += valid.sum()
     sums["ap"] += ap[valid].sum()
     sums["rp"] += (rel_r.sum(1) / rr)[valid].sum()
-    for k in ks:
+    for k in recall_k:
         sums[f"hit{k}"] += (rel[:, :k].any(1) & valid).sum()
 
 
-def scan(x: torch.Tensor, lab: Labels, grid: Grid, ks: list[int] | None, chunk_size: int,
+def scan(x: torch.Tensor, lab: Labels, grid: Grid, recall_k: list[int] | None, chunk_size: int,
          query_rows: np.ndarray | None = None, pooled: bool = False, progress: bool = False,
          desc: str = "similarities", histograms: bool = True) -> tuple[RetrievalSums | None, ClassHistograms]:
     """Visit every query row (or ``query_rows``) against the whole gallery ``x`` (unit rows).
 
-    Returns the retrieval sums (None when ``ks`` is None) and the per-class histograms on
+    Returns the retrieval sums (None when ``recall_k`` is None) and the per-class histograms on
     ``grid`` (one pooled row when ``pooled``: used for the quick pilot that places the window;
     all zero when not ``histograms``).
     """
     device = x.device
     n = x.shape[0]
-    queries = lab.order if query_rows is None else np.sort(query_rows)[np.argsort(lab.inv[np.sort(query_rows)], kind="stable")]
+    if query_rows is None:
+        queries = lab.order
+    else:
+        picked = np.sort(query_rows)
+        queries = picked[np.argsort(lab.inv[picked], kind="stable")]
     inv_t = torch.from_numpy(lab.inv).to(device)
     sizes_t = torch.from_numpy(lab.sizes).to(device)
     starts_t = torch.from_numpy(lab.starts).to(device)
@@ -115,10 +119,10 @@ def scan(x: torch.Tensor, lab: Labels, grid: Grid, ks: list[int] | None, chunk_s
     pos_counts = torch.zeros(n_rows, slots, dtype=dtype, device=device)
 
     k_max = None
-    if ks is not None:
-        k_max = int(min(n - 1, max(max(ks), int(lab.sizes.max()) - 1)))
+    if recall_k is not None:
+        k_max = int(min(n - 1, max(max(recall_k), int(lab.sizes.max()) - 1)))
         sums = {key: torch.zeros((), dtype=torch.float64, device=device) for key in ("n", "ap", "rp")}
-        sums.update({f"hit{k}": torch.zeros((), dtype=torch.int64, device=device) for k in ks})
+        sums.update({f"hit{k}": torch.zeros((), dtype=torch.int64, device=device) for k in recall_k})
 
     chunk = max(1, min(chunk_size, len(queries)))
     s_buf = torch.empty(chunk, n, dtype=torch.float32, device=device)
@@ -136,8 +140,8 @@ def scan(x: torch.Tensor, lab: Labels, grid: Grid, ks: list[int] | None, chunk_s
         rows = torch.arange(m, device=device)
         s[rows, q] = float("-inf")  # no self-matches
         qcls = inv_t[q]
-        if ks is not None:
-            _retrieval_update(sums, _rank_chunk(s, k_max), inv_t, qcls, sizes_t[qcls] - 1, ks)
+        if recall_k is not None:
+            _retrieval_update(sums, _rank_chunk(s, k_max), inv_t, qcls, sizes_t[qcls] - 1, recall_k)
 
         if not histograms:
             continue
@@ -162,12 +166,13 @@ def scan(x: torch.Tensor, lab: Labels, grid: Grid, ks: list[int] | None, chunk_s
             first = torch.cumsum(c, 0) - c
             within = torch.arange(len(pr), device=device) - torch.repeat_interleave(first, c)
             pc = order_t[torch.repeat_interleave(starts_t[qcls[r0:r1]], c) + within]
-            pos_counts[c0:c0 + n_cls] += torch.bincount(bins[pr, pc], minlength=n_cls * slots).view(n_cls, slots).to(dtype)
+            counts = torch.bincount(bins[pr, pc], minlength=n_cls * slots)
+            pos_counts[c0:c0 + n_cls] += counts.view(n_cls, slots).to(dtype)
             r0 = r1
 
     result = None
-    if ks is not None:
-        result = RetrievalSums(int(sums["n"].item()), {k: int(sums[f"hit{k}"].item()) for k in ks},
+    if recall_k is not None:
+        result = RetrievalSums(int(sums["n"].item()), {k: int(sums[f"hit{k}"].item()) for k in recall_k},
                                float(sums["ap"].item()), float(sums["rp"].item()))
     if pooled:
         # Pilot: the pooled counts stand as one "class" of the queried rows.

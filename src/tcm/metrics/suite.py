@@ -1,4 +1,4 @@
-"""The full metric set in one chunked pass: ``evaluate_embeddings``.
+"""The metrics' one entry point, ``evaluate_embeddings``: the full metric set in one chunked pass.
 
 Steps: (1) a pilot pass over at most ``pilot_rows`` evenly spaced query rows builds a coarse
 (2^-10) pooled histogram of negative similarities, which places the fine histogram's window
@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from tcm.metrics.histograms import ClassHistograms, Grid
+from tcm.metrics.inputs import available_memory, check_inputs, default_chunk_size, resolve_device, to_device
 from tcm.metrics.opis import ClassWeighting, UtilityCurves, curves_from_histograms, eps_opis, opis
 from tcm.metrics.retrieval import from_sums
 from tcm.metrics.scan import Labels, scan
-from tcm.metrics.similarity import available_memory, check_inputs, default_chunk_size, resolve_device, to_device
 from tcm.metrics.threshold_report import threshold_report
 
 PILOT_EXPONENT = 10  # pilot bins of ~1e-3
@@ -45,8 +45,10 @@ def exponent_for(resolution: float) -> int:
     return max(1, math.ceil(-math.log2(resolution)))
 
 
-def _fit_memory(lo: float, hi: float, exponent: int, n_classes: int, budget: int) -> Grid:
-    """Covering grid, coarsened by powers of two until both (C, n_slots) count arrays fit."""
+def _fit_memory(lo: float, hi: float, resolution: float, n_classes: int, budget: int) -> Grid:
+    """Covering grid with bins of at most ``resolution``, coarsened by powers of two until both
+    (C, n_slots) count arrays fit in ``budget`` bytes."""
+    exponent = exponent_for(resolution)
     while True:
         g = Grid.covering(lo, hi, exponent)
         if 2 * 8 * n_classes * g.n_slots <= budget or exponent <= PILOT_EXPONENT - 4:
@@ -54,7 +56,8 @@ def _fit_memory(lo: float, hi: float, exponent: int, n_classes: int, budget: int
         exponent -= 1
 
 
-def pilot_window(x: torch.Tensor, lab: Labels, fars: Sequence[float], pilot_rows: int, chunk_size: int) -> tuple[float, float]:
+def pilot_window(x: torch.Tensor, lab: Labels, fars: Sequence[float], pilot_rows: int,
+                 chunk_size: int) -> tuple[float, float]:
     """A similarity range that should contain every threshold the FARs need, from a sample."""
     n = x.shape[0]
     rows = np.unique(np.linspace(0, n - 1, min(n, pilot_rows)).round().astype(np.int64))
@@ -69,30 +72,41 @@ def pilot_window(x: torch.Tensor, lab: Labels, fars: Sequence[float], pilot_rows
     return float(lo), float(hi)
 
 
-def evaluate_embeddings(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 2, 4, 8), beta: float = 1.0,
-                        far_range: tuple[float, float] = (1e-2, 1e-1), n_thresholds: int = 101, eps: float = 0.05,
-                        class_weighting: ClassWeighting = "uniform", target_far: float = 1e-3, worst_share: float = 0.05,
-                        resolution: float = 1e-4, chunk_size: int | None = None, device: str | torch.device = "auto",
-                        assume_normalized: bool = False, progress: bool = False, retrieval: bool = True,
-                        threshold_metrics: bool = True, window: tuple[float, float] | None = None,
-                        pilot_rows: int = 1024) -> Evaluation:
+def evaluate_embeddings(embeddings: np.ndarray, labels: np.ndarray, *, recall_k: Sequence[int] = (1, 2, 4, 8),
+                        beta: float = 1.0, far_range: Sequence[float] = (1e-2, 1e-1), n_thresholds: int = 101,
+                        eps: float = 0.05, class_weighting: ClassWeighting = "uniform", resolution: float = 1e-4,
+                        chunk_size: int | None = None, device: str | torch.device = "auto", target_far: float = 1e-3,
+                        worst_share: float = 0.05, progress: bool = False, assume_normalized: bool = False,
+                        retrieval: bool = True, threshold_metrics: bool = True,
+                        window: tuple[float, float] | None = None, pilot_rows: int = 1024) -> Evaluation:
     """Recall@k, MAP@R, R-precision, OPIS, eps-OPIS, the utility curves and the threshold report
     of (N, d) ``embeddings`` with (N,) integer ``labels`` under cosine similarity.
+
+    The settings are keywords named as in the ``evaluation`` section of params.yaml (its ``opis``
+    block flattened): ``recall_k``, ``beta``, ``far_range``, ``n_thresholds``, ``eps``,
+    ``class_weighting``, ``resolution``, ``chunk_size``, ``device``, ``target_far``, ``worst_share``;
+    the defaults are that section's.
 
     ``chunk_size``: query rows per chunk (None: from free memory, see ``default_chunk_size``).
     ``resolution``: upper bound on the histogram bin width (coarsened by powers of two only if
     the per-class counts would pass 1 GiB; the width used is in ``settings``).
+    ``assume_normalized``: take the rows as unit vectors (no L2 normalisation).
+    ``retrieval`` / ``threshold_metrics``: False skips Recall@k, MAP@R, R-precision / OPIS,
+    eps-OPIS, the curves and the threshold report (and their keys).
     ``window``: force the histogram range instead of the pilot's (tests, repeat runs).
 
     >>> e = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8]]); y = np.array([0, 0, 1, 1])
-    >>> m = evaluate_embeddings(e, y, ks=[1], device="cpu").metrics
+    >>> m = evaluate_embeddings(e, y, recall_k=[1], device="cpu").metrics
     >>> m["recall_at_k"], m["map_at_r"]  # nearest: 0->1 (0.8), 1->3 (0.96), 2->3 (0.8), 3->1 (0.96)
     ({'1': 0.5}, 0.5)
+    >>> e = np.array([[1.0, 0], [0.9, 0.1], [0, 1.0], [0.1, 0.9]])
+    >>> evaluate_embeddings(e, y, recall_k=[1], device="cpu", threshold_metrics=False).metrics["recall_at_k"]
+    {'1': 1.0}
     """
     e, y = check_inputs(embeddings, labels)
-    ks = sorted({int(k) for k in ks})
-    if not ks or ks[0] < 1:
-        raise ValueError(f"k: expected positive integers, but got {ks}")
+    recall_k = sorted({int(k) for k in recall_k})
+    if not recall_k or recall_k[0] < 1:
+        raise ValueError(f"recall_k: expected positive integers, but got {recall_k}")
     if not 0 < far_range[0] < far_range[1] < 1:
         raise ValueError(f"far_range must satisfy 0 < low < high < 1, but got {list(far_range)}")
     lab = Labels.of(y)
@@ -101,33 +115,33 @@ def evaluate_embeddings(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence
     dev = resolve_device(device)
     x = to_device(e, dev, assume_normalized)
     n = len(y)
-    k_max = min(n - 1, max(ks[-1], int(lab.sizes.max()) - 1)) if retrieval else 0
-    chunk = int(chunk_size) if chunk_size else default_chunk_size(n, dev, k_max)
+    k_max = min(n - 1, max(recall_k[-1], int(lab.sizes.max()) - 1)) if retrieval else 0
+    chunk_size = int(chunk_size) if chunk_size else default_chunk_size(n, dev, k_max)
     fars = [far_range[0], far_range[1], target_far]
 
-    exponent = exponent_for(resolution)
     budget = min(MAX_HIST_BYTES, available_memory(dev) // 4)
     passes = 0
     if threshold_metrics:
-        lo, hi = window if window is not None else pilot_window(x, lab, fars, pilot_rows, chunk)
-        grid = _fit_memory(lo, hi, exponent, len(lab.sizes), budget)
+        lo, hi = window if window is not None else pilot_window(x, lab, fars, pilot_rows, chunk_size)
+        grid = _fit_memory(lo, hi, resolution, len(lab.sizes), budget)
     else:
-        grid = Grid(exponent, 0, 1)  # unused: the scan needs a grid but nobody reads it
-    sums, hist = scan(x, lab, grid, ks if retrieval else None, chunk, progress=progress, histograms=threshold_metrics)
+        grid = Grid(exponent_for(resolution), 0, 1)  # unused: the scan needs a grid but nobody reads it
+    sums, hist = scan(x, lab, grid, recall_k if retrieval else None, chunk_size, progress=progress,
+                      histograms=threshold_metrics)
     passes += 1
     if threshold_metrics and not hist.covers(fars):
         lo = -1.0 - grid.width if hist.pooled_far()[0] <= max(fars) else grid.edges()[0]
         hi = 1.0 + 2 * grid.width if hist.pooled_far()[-1] > min(fars) else grid.edges()[-1]
-        grid = _fit_memory(lo, hi, exponent, len(lab.sizes), budget)
-        _, hist = scan(x, lab, grid, None, chunk, progress=progress, desc="similarities (wider window)")
+        grid = _fit_memory(lo, hi, resolution, len(lab.sizes), budget)
+        _, hist = scan(x, lab, grid, None, chunk_size, progress=progress, desc="similarities (wider window)")
         passes += 1
 
     out: dict = from_sums(sums) if retrieval else {}
     curves = None
-    settings = {"recall_k": ks, "num_images": int(n), "num_classes": int(len(lab.sizes)),
+    settings = {"recall_k": recall_k, "num_images": int(n), "num_classes": int(len(lab.sizes)),
                 "num_singleton_classes": int((lab.sizes == 1).sum()), "similarity": "cosine",
                 "tie_breaking": "by ascending gallery index", "self_matches": "excluded",
-                "chunk_size": chunk, "device": str(dev)}
+                "chunk_size": chunk_size, "device": str(dev)}
     if threshold_metrics:
         curves = curves_from_histograms(hist, beta, far_range, n_thresholds)
         out.update(opis=opis(curves, class_weighting), eps_opis=eps_opis(curves, eps),

@@ -1,4 +1,5 @@
-"""Input checks, L2 normalisation, device choice and chunk sizing shared by every metric.
+"""What every metric needs before the scan: input checks, L2 (cosine) normalisation, the compute
+device and the chunk size.
 
 Similarity is cosine: rows are L2-normalised (float32 rows divided by their float64 norms, on the
 compute device), so s(a, b) = <x_a, x_b> / (|x_a| |x_b|). A zero row has no direction and is an error.
@@ -40,7 +41,8 @@ def check_inputs(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray
         raise ValueError(f"embeddings and labels differ in length: {len(e)} rows vs {len(y)} labels")
     bad = ~np.isfinite(e).all(axis=1) if np.issubdtype(e.dtype, np.floating) else np.zeros(len(e), bool)
     if bad.any():
-        raise ValueError(f"embeddings: {int(bad.sum())} rows contain NaN or inf (first: row {int(np.flatnonzero(bad)[0])})")
+        raise ValueError(f"embeddings: {int(bad.sum())} rows contain NaN or inf "
+                         f"(first: row {int(np.flatnonzero(bad)[0])})")
     n_classes = len(np.unique(y))
     if n_classes < 2:
         raise ValueError(f"labels: expected at least two classes, but got {n_classes}")
@@ -57,7 +59,8 @@ def normalise(embeddings: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     if np.any(norms == 0):
         zero = np.flatnonzero(norms[:, 0] == 0)
-        raise ValueError(f"embeddings: {len(zero)} rows are all zero (first: row {int(zero[0])}); cosine similarity needs a direction")
+        raise ValueError(f"embeddings: {len(zero)} rows are all zero (first: row {int(zero[0])}); "
+                         "cosine similarity needs a direction")
     return x / norms
 
 
