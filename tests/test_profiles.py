@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -109,3 +110,62 @@ def test_smoke_profile_runs_the_whole_matrix_on_tiny_benchmarks(tmp_path) -> Non
     assert (tmp_path / "reports/tables/cub.tex").read_text().lstrip().startswith("\\begin{tabular}")
     metrics = json.loads((tmp_path / "runs/cub-vit_b_16-rs_at_k-tcm/eval/seed-0/metrics.json").read_text())
     assert set(metrics["recall_at_k"]) == {"1", "2", "4", "8", "10", "16", "32", "100", "1000"}
+
+
+def _schema_defaults(cls) -> dict:
+    return {name: f.get_default(call_default_factory=True) for name, f in cls.model_fields.items()
+            if not f.is_required()}
+
+
+def _plain(value):
+    value = value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _uncommented_deviations(path: Path) -> list[str]:
+    """Keys of a profile whose value differs from the schema's default, on a line without a comment."""
+    from tcm.config import DatasetConfig, EvaluationConfig, LossConfig, ModelConfig, OpisConfig, TCMConfig, TrainConfig
+
+    text = path.read_text()
+    lines = text.splitlines()
+    sections = {"model": ModelConfig, "loss": LossConfig, "tcm": TCMConfig, "train": TrainConfig}
+    found = []
+
+    def check(node, cls, where: str) -> None:
+        defaults = _schema_defaults(cls)
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if cls is EvaluationConfig and key == "opis":
+                check(value_node, OpisConfig, f"{where}.opis")
+                continue
+            value = yaml.safe_load(yaml.serialize(value_node))
+            if key in defaults and _plain(defaults[key]) != value and "#" not in lines[key_node.start_mark.line]:
+                found.append(f"{path.name}:{key_node.start_mark.line + 1}: {where}.{key} = {value!r} "
+                             f"(schema default {_plain(defaults[key])!r})")
+
+    for key_node, value_node in yaml.compose(text).value:
+        if key_node.value == "run_defaults" and isinstance(value_node, yaml.MappingNode):
+            for section, node in value_node.value:
+                if section.value in sections:
+                    check(node, sections[section.value], f"run_defaults.{section.value}")
+        elif key_node.value == "evaluation":
+            check(value_node, EvaluationConfig, "evaluation")
+        elif key_node.value == "datasets":
+            for name, node in value_node.value:
+                check(node, DatasetConfig, f"datasets.{name.value}")
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in PROFILES.glob("*.yaml")))
+def test_profiles_say_why_they_deviate_from_the_schema_defaults(name: str) -> None:
+    """One source of defaults: the schema's (src/tcm/config.py, each with its reason). A profile that
+    sets another value says why on that line; keys a profile leaves out take the schema's default.
+    (The recipes' values are sourced per recipe in docs/recipes.md.)"""
+    assert not _uncommented_deviations(PROFILES / f"{name}.yaml")
+
+
+def test_the_deviation_check_catches_an_uncommented_value(tmp_path) -> None:
+    bad = tmp_path / "p.yaml"
+    bad.write_text("run_defaults:\n  train:\n    lr: 0.5\n    epochs: 3   # short\n")
+    assert [m.split(": ", 1)[1] for m in _uncommented_deviations(bad)] == [
+        "run_defaults.train.lr = 0.5 (schema default 0.0001)"]
