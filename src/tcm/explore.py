@@ -16,6 +16,7 @@ import pandas as pd
 from tcm.checkpoint import load_trained
 from tcm.config import Config, ConfigError
 from tcm.data import read_manifest
+from tcm.metrics.opis import class_gaps, curves_from_table
 from tcm.tracking import Tracker
 
 
@@ -105,15 +106,12 @@ def neighbour_grid(view: RunView, n_queries: int = 6, k: int = 5, seed: int = 0)
 
 
 def least_consistent_classes(curves: pd.DataFrame, n: int = 10) -> pd.DataFrame:
-    """Classes whose utility curve departs most from the overall one: their share of OPIS."""
-    # Rows of each class follow the same threshold grid, so the i-th row of a class pairs with the
-    # i-th row of the pooled curve (thresholds may repeat on a coarse grid, so no join on them).
-    step = curves.groupby("class").cumcount()
-    overall = curves.loc[curves["class"] == "overall", "utility"].to_numpy()
-    per = curves[curves["class"] != "overall"]
-    gap = per.assign(sq=(per["utility"].to_numpy() - overall[step[per.index].to_numpy()]) ** 2)
-    table = gap.groupby("class").agg(mean_sq_gap=("sq", "mean"), mean_utility=("utility", "mean"))
-    table["share_of_opis"] = table["mean_sq_gap"] / table["mean_sq_gap"].sum()
+    """Classes whose utility curve departs most from the overall one: their share of OPIS (uniform
+    class weights)."""
+    c = curves_from_table(curves)
+    gaps = class_gaps(c)
+    table = pd.DataFrame({"mean_sq_gap": gaps, "mean_utility": c.class_utility.mean(axis=1),
+                          "share_of_opis": gaps / gaps.sum()}, index=pd.Index(c.classes, name="class"))
     return table.sort_values("mean_sq_gap", ascending=False).head(n)
 
 

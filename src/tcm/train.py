@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -86,22 +86,28 @@ class Dist:
         return self.rank == 0
 
 
-def init_distributed(device_setting: str) -> tuple[Dist, bool]:
-    """Join the torchrun process group if WORLD_SIZE > 1; returns (dist, whether we created it)."""
+@contextlib.contextmanager
+def distributed(device_setting: str) -> Iterator[Dist]:
+    """This process's place in a torchrun job (WORLD_SIZE > 1: joins the process group, and leaves
+    it afterwards if it created it); a plain Dist() otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return Dist(), False
+        yield Dist()
+        return
     import torch.distributed as dist
 
     d = Dist(world, int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")))
-    created = False
-    if not dist.is_initialized():
+    created = not dist.is_initialized()
+    if created:
         use_cuda = device_setting != "cpu" and torch.cuda.is_available()
         if use_cuda:
             torch.cuda.set_device(d.local_rank)
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        created = True
-    return d, created
+    try:
+        yield d
+    finally:
+        if created:
+            dist.destroy_process_group()
 
 
 def seed_everything(seed: int) -> None:
@@ -377,60 +383,50 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
     """Train run ``name`` of ``cfg`` once per seed of ``train.seeds``; an interrupted call resumes
     (see :func:`_start_attempt`), a finished run is trained again."""
     run_cfg = cfg.run(name)
-    d, created_group = init_distributed(run_cfg.train.device)
-    try:
-        return _run(cfg, name, run_cfg, d, tracker, progress)
-    finally:
-        if created_group:
+    with distributed(run_cfg.train.device) as d:
+        t = run_cfg.train
+        run_dir = cfg.run_dir(name)
+        settings = resolved_run(cfg, name)
+        manifest = read_manifest(cfg.data_dir(run_cfg.dataset))
+        dataset = ManifestDataset(manifest, "train", train_transform(cfg.dataset(run_cfg.dataset)))
+        # Losses with per-class parameters (ProxyAnchor) need labels 0..C-1.
+        classes = np.unique(dataset.labels)
+        dataset.labels = np.searchsorted(classes, dataset.labels)
+        device = pick_device(t.device, d.local_rank)
+        loader = make_loader(dataset, run_cfg, name, device, d.world_size)
+
+        # What a checkpoint must match to be resumed: settings (not evaluation's), process count, torch
+        # version, and the source of every tcm module training runs.
+        trained_settings = {k: v for k, v in settings.items() if k != "evaluation"}
+        run_hash = config_hash({**trained_settings, "world_size": d.world_size, "torch": torch.__version__})
+        code = code_fingerprint(__name__)
+        if d.main:
+            run_dir.root.mkdir(parents=True, exist_ok=True)
+        resuming = _start_attempt(run_dir, run_hash, code, d)
+        if d.enabled:
             import torch.distributed as dist
 
-            dist.destroy_process_group()
+            dist.barrier()  # rank 0 has cleared or kept the checkpoints before any rank reads them
 
-
-def _run(cfg: Config, name: str, run_cfg: RunConfig, d: Dist, tracker: Tracker | None, progress: bool) -> TrainResult:
-    t = run_cfg.train
-    run_dir = cfg.run_dir(name)
-    settings = resolved_run(cfg, name)
-    manifest = read_manifest(cfg.data_dir(run_cfg.dataset))
-    dataset = ManifestDataset(manifest, "train", train_transform(cfg.dataset(run_cfg.dataset)))
-    # Losses with per-class parameters (ProxyAnchor) need labels 0..C-1.
-    classes = np.unique(dataset.labels)
-    dataset.labels = np.searchsorted(classes, dataset.labels)
-    device = pick_device(t.device, d.local_rank)
-    loader = make_loader(dataset, run_cfg, name, device, d.world_size)
-
-    # What a checkpoint must match to be resumed: settings (not evaluation's), process count, torch
-    # version, and the source of every tcm module training runs.
-    trained_settings = {k: v for k, v in settings.items() if k != "evaluation"}
-    run_hash = config_hash({**trained_settings, "world_size": d.world_size, "torch": torch.__version__})
-    code = code_fingerprint(__name__)
-    if d.main:
-        run_dir.root.mkdir(parents=True, exist_ok=True)
-    resuming = _start_attempt(run_dir, run_hash, code, d)
-    if d.enabled:
-        import torch.distributed as dist
-
-        dist.barrier()  # rank 0 has cleared or kept the checkpoints before any rank reads them
-
-    if d.main:
-        tracker = tracker or Tracker(cfg)
-    else:  # only rank 0 talks to MLflow
-        tracker = Tracker(cfg.model_copy(update={"mlflow": cfg.mlflow.model_copy(update={"enabled": False})}))
-    env = environment(device)
-    info = {"run": name, "settings": settings, "run_hash": run_hash, "code_fingerprint": code, "environment": env,
-            "num_train_classes": int(len(classes)), "world_size": d.world_size, "seeds": {}}
-    histories: dict[int, list[dict]] = {}
-    for seed in t.seeds:
-        seed_hash, histories[seed] = _train_seed(
-            run_cfg, name, seed, run_dir, dataset, loader, classes, device, d, tracker, progress,
-            settings, run_hash, code, env, resuming, histories)
-        info["seeds"][str(seed)] = {"config_hash": seed_hash}
         if d.main:
-            write_json(run_dir.info, info)
-    if d.main:
-        _write_history(run_dir.history, histories)
-        write_json(run_dir.progress, {**_read_progress(run_dir.progress), "complete": True})
-    return TrainResult(run_dir.root, _history_frame(histories))
+            tracker = tracker or Tracker(cfg)
+        else:  # only rank 0 talks to MLflow
+            tracker = Tracker(cfg.model_copy(update={"mlflow": cfg.mlflow.model_copy(update={"enabled": False})}))
+        env = environment(device)
+        info = {"run": name, "settings": settings, "run_hash": run_hash, "code_fingerprint": code, "environment": env,
+                "num_train_classes": int(len(classes)), "world_size": d.world_size, "seeds": {}}
+        histories: dict[int, list[dict]] = {}
+        for seed in t.seeds:
+            seed_hash, histories[seed] = _train_seed(
+                run_cfg, name, seed, run_dir, dataset, loader, classes, device, d, tracker, progress,
+                settings, run_hash, code, env, resuming, histories)
+            info["seeds"][str(seed)] = {"config_hash": seed_hash}
+            if d.main:
+                write_json(run_dir.info, info)
+        if d.main:
+            _write_history(run_dir.history, histories)
+            write_json(run_dir.progress, {**_read_progress(run_dir.progress), "complete": True})
+        return TrainResult(run_dir.root, _history_frame(histories))
 
 
 def _train_seed(run_cfg: RunConfig, name: str, seed: int, run_dir: RunDir, dataset, loader: DataLoader,

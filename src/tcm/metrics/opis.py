@@ -113,8 +113,12 @@ def opis(curves: UtilityCurves, class_weighting: ClassWeighting = "uniform") -> 
     >>> round(opis(c), 6)  # class 0 on the curve; class 1 off by 0.2 twice: (0 + 0.04) / 2
     0.02
     """
-    gap = ((curves.class_utility - curves.overall_utility[None, :]) ** 2).mean(axis=1)
-    return float(class_weights(curves, class_weighting) @ gap)
+    return float(class_weights(curves, class_weighting) @ class_gaps(curves))
+
+
+def class_gaps(curves: UtilityCurves) -> np.ndarray:
+    """Each class's mean squared gap to the pooled utility curve (OPIS is their weighted sum)."""
+    return ((curves.class_utility - curves.overall_utility[None, :]) ** 2).mean(axis=1)
 
 
 def eps_opis(curves: UtilityCurves, eps: float = 0.05) -> float:
@@ -144,3 +148,24 @@ def curves_table(curves: UtilityCurves) -> pandas.DataFrame:
         frames.append(pd.DataFrame({"class": str(c), "threshold": t, "tpr": tpr, "tnr": tnr, "utility": u}))
     return pd.concat(frames, ignore_index=True)
 
+
+def curves_from_table(table: pandas.DataFrame) -> UtilityCurves:
+    """The inverse of :func:`curves_table` (a curves.csv read back), for analyses of saved runs.
+
+    >>> c = UtilityCurves(np.array([0.1, 0.2]), np.array([0.5, 0.4]), np.ones(2), np.zeros(2), np.array(["7"]),
+    ...                   np.ones((1, 2)), np.zeros((1, 2)), np.array([[0.6, 0.3]]))
+    >>> back = curves_from_table(curves_table(c))
+    >>> back.classes.tolist(), back.class_utility.tolist(), round(opis(back), 6)
+    (['7'], [[0.6, 0.3]], 0.01)
+    """
+    overall = table[table["class"] == "overall"]
+    per = table[table["class"] != "overall"]
+    classes = per["class"].unique()  # curves_table writes each class's rows together, in class order
+    shape = (len(classes), len(overall))
+
+    def stacked(column: str) -> np.ndarray:
+        return per[column].to_numpy().reshape(shape)
+
+    return UtilityCurves(overall["threshold"].to_numpy(), overall["utility"].to_numpy(), overall["tpr"].to_numpy(),
+                         overall["tnr"].to_numpy(), np.asarray(classes), stacked("tpr"), stacked("tnr"),
+                         stacked("utility"))
