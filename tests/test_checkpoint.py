@@ -50,3 +50,21 @@ def test_evaluate_cli_refuses_a_pickled_checkpoint_in_one_line(tmp_path, capsys)
     assert main(["evaluate", "--run", "digits-ms", "--params", str(params)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("tcm: error: ") and "refused" in err[0], err
+
+
+def test_a_model_that_cannot_be_built_fails_in_one_line_and_keeps_the_checkpoints(tmp_path, capsys) -> None:
+    params = tiny_params(runs=("digits-ms",), epochs=1)
+    params["paths"] = {"data": str(tmp_path / "data"), "runs": str(tmp_path / "runs"), "reports": str(tmp_path)}
+    good = write_params(tmp_path / "params.yaml", params)
+    assert main(["data", "prepare", "digits", "--params", str(good)]) == 0
+    assert main(["train", "digits-ms", "--params", str(good)]) == 0
+    ckpt = tmp_path / "runs/digits-ms/train/seed-0/checkpoint.pt"
+    before = ckpt.read_bytes()
+    params["run_defaults"]["model"]["pretrained"] = True  # no ImageNet weights exist for the small CNN
+    bad = write_params(tmp_path / "bad.yaml", params)
+    capsys.readouterr()
+    assert main(["train", "digits-ms", "--params", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["tcm: error: model.pretrained: no ImageNet weights exist for backbone 'small_cnn'; "
+                   "set pretrained: false"], err
+    assert ckpt.read_bytes() == before

@@ -402,6 +402,8 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
         code = code_fingerprint(__name__)
         if d.main:
             run_dir.root.mkdir(parents=True, exist_ok=True)
+        # Fail on a model that cannot be built (missing weights) before any checkpoint is cleared.
+        build_model(run_cfg.model)
         resuming = _start_attempt(run_dir, run_hash, code, d)
         if d.enabled:
             import torch.distributed as dist
