@@ -422,3 +422,9 @@ def resolved_run(cfg: Config, name: str) -> dict[str, Any]:
         "dataset_config": cfg.dataset(run.dataset).model_dump(mode="json"),
         "evaluation": cfg.evaluation.model_dump(mode="json"),
     }
+
+
+def training_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The part of a :func:`resolved_run` that training depends on (all but ``evaluation``): what a
+    checkpoint must match to be resumed or evaluated."""
+    return {k: v for k, v in settings.items() if k != "evaluation"}

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from tcm.atomic import atomic_path, write_json
 from tcm.checkpoint import load_trained
-from tcm.config import Config, resolved_run
+from tcm.config import Config, resolved_run, training_settings
 from tcm.data import ManifestDataset, read_manifest
 from tcm.data.transforms import test_transform
 from tcm.device import pick_device
@@ -42,8 +42,7 @@ def _check_trained(state: dict, path, trained_settings: dict) -> None:
     if state.get("epoch", 0) < state.get("epochs", -1):
         raise CheckpointError(f"{path}: training stopped after epoch {state['epoch']} of {state['epochs']}; "
                               "finish it first (dvc repro, or tcm train RUN)")
-    saved = {k: v for k, v in state.get("settings", {}).items() if k != "evaluation"}
-    if saved != trained_settings:
+    if training_settings(state.get("settings", {})) != trained_settings:
         raise CheckpointError(f"{path}: trained with other settings than params.yaml's; train the run again "
                               "(dvc repro, or tcm train RUN)")
 
@@ -53,7 +52,7 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
     run_cfg = cfg.run(name)
     run_dir = cfg.run_dir(name)
     settings = resolved_run(cfg, name)
-    trained_settings = {k: v for k, v in settings.items() if k != "evaluation"}
+    trained_settings = training_settings(settings)
     device = pick_device(cfg.evaluation.device, key="evaluation.device")
     # Every checkpoint is checked before any embedding: a stale or missing one fails in seconds.
     states = {}

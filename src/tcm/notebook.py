@@ -35,7 +35,6 @@ def plot_run_utility(cfg: Config, name: str, seed: int | None = None):
     return run_utility(curves, f"{name} (seed {seed}): per-class utility")
 
 
-
 def draw_utility(ax: plt.Axes, curves: pd.DataFrame, title: str) -> None:
     """One thin line per class from a curves.csv table, the pooled curve in bold black."""
     for _, g in curves[curves["class"] != "overall"].groupby("class"):

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from tcm.atomic import atomic_path, write_json
 from tcm.checkpoint import read_checkpoint, save_checkpoint
-from tcm.config import Config, ConfigError, RunConfig, resolved_run
+from tcm.config import Config, ConfigError, RunConfig, resolved_run, training_settings
 from tcm.data import ManifestDataset, read_manifest
 from tcm.data.transforms import train_transform
 from tcm.device import environment, pick_device
@@ -397,8 +397,7 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
 
         # What a checkpoint must match to be resumed: settings (not evaluation's), process count, torch
         # version, and the source of every tcm module training runs.
-        trained_settings = {k: v for k, v in settings.items() if k != "evaluation"}
-        run_hash = config_hash({**trained_settings, "world_size": d.world_size, "torch": torch.__version__})
+        run_hash = config_hash({**training_settings(settings), "world_size": d.world_size, "torch": torch.__version__})
         code = code_fingerprint(__name__)
         if d.main:
             run_dir.root.mkdir(parents=True, exist_ok=True)
@@ -417,11 +416,11 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
         env = environment(device)
         info = {"run": name, "settings": settings, "run_hash": run_hash, "code_fingerprint": code, "environment": env,
                 "num_train_classes": int(len(classes)), "world_size": d.world_size, "seeds": {}}
+        attempt = _Attempt(name, run_cfg, run_dir, settings, loader, classes, device, d, tracker, progress, run_hash,
+                           code, env, resuming)
         histories: dict[int, list[dict]] = {}
         for seed in t.seeds:
-            seed_hash, histories[seed] = _train_seed(
-                run_cfg, name, seed, run_dir, dataset, loader, classes, device, d, tracker, progress,
-                settings, run_hash, code, env, resuming, histories)
+            seed_hash, histories[seed] = _train_seed(attempt, seed, histories)
             info["seeds"][str(seed)] = {"config_hash": seed_hash}
             if d.main:
                 write_json(run_dir.info, info)
@@ -431,11 +430,31 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
         return TrainResult(run_dir.root, _history_frame(histories))
 
 
-def _train_seed(run_cfg: RunConfig, name: str, seed: int, run_dir: RunDir, dataset, loader: DataLoader,
-                classes: np.ndarray, device: torch.device, d: Dist, tracker: Tracker, progress: bool,
-                settings: dict, run_hash: str, code: str, env: dict, resuming: bool,
-                histories: dict[int, list[dict]]) -> tuple[str, list[dict]]:
-    """Train (or finish, or keep, within an interrupted attempt) one seed; returns its hash and history."""
+@dataclass(frozen=True)
+class _Attempt:
+    """What the seeds of one call of :func:`run` share."""
+
+    name: str
+    run_cfg: RunConfig
+    run_dir: RunDir
+    settings: dict
+    loader: DataLoader
+    classes: np.ndarray
+    device: torch.device
+    d: Dist
+    tracker: Tracker
+    progress: bool
+    run_hash: str
+    code: str
+    env: dict
+    resuming: bool  # continues an interrupted attempt (see _start_attempt)
+
+
+def _train_seed(a: _Attempt, seed: int, histories: dict[int, list[dict]]) -> tuple[str, list[dict]]:
+    """Train (or finish, or keep, within an interrupted attempt) one seed; returns its hash and history
+    (``histories``: the seeds before it, written with it to history.csv)."""
+    run_cfg, name, run_dir, loader, classes, device, d, tracker = (
+        a.run_cfg, a.name, a.run_dir, a.loader, a.classes, a.device, a.d, a.tracker)
     t = run_cfg.train
     ckpt = run_dir.checkpoint(seed)
     if d.main:
@@ -443,11 +462,11 @@ def _train_seed(run_cfg: RunConfig, name: str, seed: int, run_dir: RunDir, datas
         for stale in ckpt.parent.glob(f".{ckpt.name}.*.tmp"):  # left by a process killed while saving
             stale.unlink(missing_ok=True)
     parts = _build(run_cfg, seed, len(classes), device, len(loader))
-    seed_hash = config_hash({"run": run_hash, "seed": seed,
+    seed_hash = config_hash({"run": a.run_hash, "seed": seed,
                              "structure": structure_signature(parts.model, parts.criterion.base)})
 
     state = None
-    if resuming and ckpt.is_file():
+    if a.resuming and ckpt.is_file():
         try:
             state = read_checkpoint(ckpt)
         except CheckpointError as e:
@@ -469,10 +488,10 @@ def _train_seed(run_cfg: RunConfig, name: str, seed: int, run_dir: RunDir, datas
         _notice(d, f"resuming run {name} seed {seed} after epoch {state['epoch']} of {t.epochs}")
 
     label = f"{name} seed {seed}" if len(t.seeds) > 1 else name
-    tags = {"tcm.seed": str(seed), "tcm.config_hash": seed_hash, "tcm.code": code,
-            **{f"env.{k}": str(v) for k, v in env.items()}}
-    run_id = tracker.find_run(name, seed_hash, code) if state is not None else None
-    run_id = tracker.start_run(name, settings, stage="train", run_id=run_id, tags=tags, seed=seed)
+    tags = {"tcm.seed": str(seed), "tcm.config_hash": seed_hash, "tcm.code": a.code,
+            **{f"env.{k}": str(v) for k, v in a.env.items()}}
+    run_id = tracker.find_run(name, seed_hash, a.code) if state is not None else None
+    run_id = tracker.start_run(name, a.settings, stage="train", run_id=run_id, tags=tags, seed=seed)
 
     model = raw_model = parts.model
     if d.enabled:
@@ -485,8 +504,8 @@ def _train_seed(run_cfg: RunConfig, name: str, seed: int, run_dir: RunDir, datas
         save_checkpoint(ckpt, {
             "model": raw_model.state_dict(), "loss": parts.criterion.base.state_dict(),
             "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(), "epoch": epoch,
-            "epochs": t.epochs, "history": history, "config_hash": seed_hash, "code": code, "seed": seed,
-            "settings": settings, "classes": classes.tolist(), "world_size": d.world_size})
+            "epochs": t.epochs, "history": history, "config_hash": seed_hash, "code": a.code, "seed": seed,
+            "settings": a.settings, "classes": classes.tolist(), "world_size": d.world_size})
 
     if d.main and state is None:
         checkpoint(0)  # a seed killed in its first epoch then resumes, and continues its MLflow run
@@ -499,7 +518,7 @@ def _train_seed(run_cfg: RunConfig, name: str, seed: int, run_dir: RunDir, datas
         frozen = backbone_params if epoch <= t.warmup_epochs else ()
         sums = {"loss": 0.0, "base_loss": 0.0, "tcm_loss": 0.0}
         seen, t0 = 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"{label} epoch {epoch}/{t.epochs}", disable=not (progress and d.main),
+        bar = tqdm(loader, desc=f"{label} epoch {epoch}/{t.epochs}", disable=not (a.progress and d.main),
                    file=sys.stderr, leave=False, mininterval=1.0)
         for step, (x, y) in enumerate(bar, start=1):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -536,7 +555,7 @@ def _train_seed(run_cfg: RunConfig, name: str, seed: int, run_dir: RunDir, datas
             checkpoint(epoch)
             tracker.log_metrics(run_id, {f"train.{k}": v for k, v in row.items() if k != "epoch"}, step=epoch)
             _write_history(run_dir.history, {**histories, seed: history})
-            if progress:
+            if a.progress:
                 print(f"{label} epoch {epoch}/{t.epochs}: loss {row['loss']:.4f} (base {row['base_loss']:.4f}, "
                       f"tcm {row['tcm_loss']:.4f}), {row['images_per_s']:.0f} img/s", file=sys.stderr)
     if d.main:
