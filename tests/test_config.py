@@ -103,7 +103,7 @@ def test_unreadable_and_invalid_yaml_files_are_named(tmp_path) -> None:
         load_config(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("runs: [unclosed\n")
-    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"bad.yaml, line 2: not valid YAML"):
         load_config(bad)
 
 

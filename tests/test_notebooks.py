@@ -56,7 +56,7 @@ def test_dvc_stages_pass_only_declared_notebook_parameters() -> None:
     seen = set()
     for name, stage in stages.items():
         cmd = (stage.get("do") or stage)["cmd"]
-        m = re.search(r"papermill (notebooks/\S+\.ipynb) (reports/notebooks/\S+\.ipynb)", cmd)
+        m = re.search(r"tcm notebook (notebooks/\S+\.ipynb) (reports/notebooks/\S+\.ipynb)", cmd)
         if not m:
             continue
         seen.add(name)
@@ -65,5 +65,4 @@ def test_dvc_stages_pass_only_declared_notebook_parameters() -> None:
                     for t in s.targets}
         passed = set(re.findall(r"-p (\w+)", cmd))
         assert passed <= declared, f"stage {name} passes {passed - declared} that {m.group(1)} does not declare"
-        assert "-k python3" in cmd
     assert seen >= {"data", "train", "evaluate", "report"}

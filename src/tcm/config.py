@@ -11,18 +11,18 @@ hyperparameter once, next to its default; the merged run is what gets validated 
 from __future__ import annotations
 
 import copy
+import math
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     NonNegativeFloat,
-    NonNegativeInt,
     PositiveFloat,
-    PositiveInt,
+    Strict,
     ValidationError,
     field_validator,
     model_validator,
@@ -30,6 +30,7 @@ from pydantic import (
 
 from tcm.errors import TcmError
 from tcm.runfiles import RunDir
+from tcm.strict_yaml import YamlError, load_yaml
 
 DATASET_SOURCES = ("sklearn_digits", "mnist", "cub", "cars196", "sop", "inat2018")
 BACKBONES = ("small_cnn", "resnet50", "vit_b_16", "vit_tiny")  # vit_tiny: 32 px, for smoke runs
@@ -47,12 +48,24 @@ LOSS_PARAMS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Counts are whole numbers as written: `epochs: 1e20` (a YAML float) is refused rather than truncated.
+PositiveInt = Annotated[int, Strict(), Field(gt=0)]
+NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
+
+# Run and data set names become folder names and unquoted arguments of the stage commands (dvc.yaml),
+# so they are restricted to characters that are safe in both.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")
+NAME_RULE = ("1-80 characters from letters, digits, '_', '.', '-', starting with a letter or digit "
+             "(it names a folder and a stage)")
+
+
 class ConfigError(TcmError, ValueError):
     """A problem in params.yaml; the message names the key and what is accepted."""
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are refused wherever a float is accepted (YAML spells them .inf and .nan).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SyntheticConfig(_Strict):
@@ -72,7 +85,7 @@ class DatasetConfig(_Strict):
     # Folder holding the official files as extracted (benchmarks only; digits ship with sklearn).
     root: Path | None = None
     # Open-world split for digits/MNIST: these classes train, the rest test.
-    train_classes: list[int] | None = None
+    train_classes: list[Annotated[int, Strict()]] | None = None
     # Train: RandomResizedCrop(image_size, scale=crop_scale) (+ flip); test: Resize(resize) + CenterCrop.
     image_size: PositiveInt = 224
     resize: PositiveInt = 256
@@ -86,7 +99,7 @@ class DatasetConfig(_Strict):
     download: bool = False
     # Re-encode the images to this short side (JPEG) in the data stage; null = train on the originals.
     preprocess_short_side: PositiveInt | None = None
-    preprocess_quality: int = Field(90, ge=50, le=100)
+    preprocess_quality: Annotated[int, Strict()] = Field(90, ge=50, le=100)
     # Worker processes for full verification and preprocessing; null = all CPU cores.
     workers: PositiveInt | None = None
 
@@ -135,6 +148,23 @@ class LossConfig(_Strict):
     # ProxyAnchor's proxies learn this many times faster than the network (its authors use 100).
     proxy_lr_multiplier: PositiveFloat = 100.0
 
+    @field_validator("params", mode="before")
+    @classmethod
+    def _param_values(cls, v: Any) -> Any:
+        # One message per bad value (pydantic would report it once per member of the union type).
+        if not isinstance(v, dict):
+            return v
+        for key, value in v.items():
+            items = value if isinstance(value, list) else [value]
+            if isinstance(value, list) and not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                   for x in value):
+                raise ValueError(f"{key}: a list must hold numbers only, but got {value!r}")
+            if not all(isinstance(x, (bool, int, float, str)) for x in items):
+                raise ValueError(f"{key}: expected a number, boolean, string or list of numbers, but got {value!r}")
+            if any(isinstance(x, float) and not math.isfinite(x) for x in items):
+                raise ValueError(f"{key}: must be a finite number, but got {value!r}")
+        return v
+
     @model_validator(mode="after")
     def _known_params(self) -> LossConfig:
         accepted = LOSS_PARAMS[self.name]
@@ -164,7 +194,7 @@ class TCMConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: PositiveInt = 10
+    epochs: Annotated[int, Strict(), Field(gt=0, le=100_000)] = 10
     batch_size: PositiveInt = 64
     m_per_class: PositiveInt = 4  # images per class in each batch
     # Images drawn per epoch by the m-per-class sampler; null = the size of the train split.
@@ -217,7 +247,7 @@ class RunConfig(_Strict):
 class OpisConfig(_Strict):
     beta: PositiveFloat = 1.0  # F-beta utility of TPR and TNR (assumed beta = 1)
     far_range: tuple[PositiveFloat, PositiveFloat] = (1e-2, 1e-1)  # calibration range of overall FAR
-    n_thresholds: int = Field(101, ge=2)
+    n_thresholds: Annotated[int, Strict()] = Field(101, ge=2)
     eps: float = Field(0.05, gt=0.0, le=0.5)  # share of best / worst classes for eps-OPIS
     # OPIS class weights w_i: "uniform" = 1/C (assumed), "positive_pairs" = share of positive pairs.
     class_weighting: Literal["uniform", "positive_pairs"] = "uniform"
@@ -279,6 +309,10 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _cross_refs(self) -> Config:
+        for section, names in (("datasets", self.datasets), ("runs", self.runs)):
+            for name in names:
+                if not NAME_PATTERN.fullmatch(name):
+                    raise ValueError(f"{section}.{name}: the name {name!r} is not allowed: use {NAME_RULE}")
         for name, run in self.runs.items():
             if run.dataset not in self.datasets:
                 raise ValueError(
@@ -306,6 +340,31 @@ class Config(_Strict):
 
     def data_dir(self, name: str) -> Path:
         return self.path(self.paths.data) / name
+
+
+def check_batches(cfg: Config, source: str = "params.yaml") -> None:
+    """Each run's batch of one process needs batch_size / m_per_class distinct train classes: checked
+    where params alone tell the class count (the validate stage; the train stage checks every data set
+    on its manifest, per process of a data-parallel job, before writing anything)."""
+    for name, run in cfg.runs.items():
+        classes = known_train_classes(cfg.datasets[run.dataset])
+        per_batch = run.train.batch_size // run.train.m_per_class
+        if classes is not None and per_batch > classes:
+            raise ConfigError(
+                f"{source}: runs.{name}.train.batch_size: {run.train.batch_size} images at m_per_class="
+                f"{run.train.m_per_class} need {per_batch} distinct train classes per batch, but data set "
+                f"{run.dataset!r} trains on {classes}; lower batch_size or raise m_per_class")
+
+
+def known_train_classes(ds: DatasetConfig) -> int | None:
+    """How many classes the train split of ``ds`` will have, where params alone tell (digits, MNIST,
+    synthetic copies); None for real benchmark files, whose count the train stage checks before
+    writing anything."""
+    if ds.train_classes is not None:
+        return len(set(ds.train_classes))
+    if ds.synthetic is not None:
+        return ds.synthetic.n_classes // 2
+    return None
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -360,7 +419,7 @@ def _format_errors(err: ValidationError, raw: dict[str, Any], source: str) -> st
         if len(loc) >= 3 and loc[0] == "runs" and not _has_path(raw.get("runs", {}).get(loc[1], {}), loc[2:]):
             if _has_path(raw.get("run_defaults", {}), loc[2:]):
                 shown = ("run_defaults",) + loc[2:]
-        key = ".".join(str(p) for p in shown) or "<top level>"
+        key = ".".join(str(p) for p in shown)
         if e["type"] == "extra_forbidden":
             accepted = _accepted_keys(Config, loc[:-1])
             msg = "unknown key" + (f"; accepted keys here: {accepted}" if accepted else "")
@@ -368,12 +427,16 @@ def _format_errors(err: ValidationError, raw: dict[str, Any], source: str) -> st
             msg = e["msg"].removeprefix("Value error, ")
             if "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], dict):
                 msg += f" (got {e['input']!r})"
-        lines.append(f"{source}: {key}: {msg}")
-    return "\n".join(lines)
+        # Checks across sections (at the top level) name their key at the start of the message.
+        lines.append(f"{source}: {key}: {msg}" if key else f"{source}: {msg}")
+    # A bad value in run_defaults fails every run that inherits it: say it once.
+    return "\n".join(dict.fromkeys(lines))
 
 
 def parse_config(raw: Any, source: str = "params.yaml", base_dir: Path | str = ".") -> Config:
     """Validate an already-loaded params mapping; raise :class:`ConfigError` naming each bad key."""
+    if raw is None:
+        raise ConfigError(f"{source}: the file is empty; write one with `tcm profile default` (or another profile)")
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, but got {type(raw).__name__}")
     defaults = raw.get("run_defaults", {}) or {}
@@ -403,13 +466,9 @@ def load_config(path: Path | str = "params.yaml") -> Config:
     """Read and validate params.yaml; relative paths in it resolve against its folder."""
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read params file ({e.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raw = load_yaml(path)
+    except YamlError as e:
+        raise ConfigError(str(e)) from None
     return parse_config(raw, source=str(path), base_dir=path.resolve().parent)
 
 

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from tcm.atomic import atomic_path, write_json
 from tcm.checkpoint import load_trained
-from tcm.config import Config, resolved_run, training_settings
+from tcm.config import Config, ConfigError, resolved_run, training_settings
 from tcm.data import ManifestDataset, read_manifest
 from tcm.data.transforms import test_transform
 from tcm.device import pick_device
@@ -63,6 +63,16 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
         states[seed] = (model, state)
     manifest = read_manifest(cfg.data_dir(run_cfg.dataset))
     dataset = ManifestDataset(manifest, "test", test_transform(cfg.dataset(run_cfg.dataset)))
+    # One recall_k list serves every data set of a profile (SOP's k = 1000 too): a k past this test split
+    # is skipped with a notice, as Recall@k would be 1 by construction.
+    recall_k = [k for k in cfg.evaluation.recall_k if k < len(dataset)]
+    skipped = sorted(set(cfg.evaluation.recall_k) - set(recall_k))
+    if not recall_k:
+        raise ConfigError(f"evaluation.recall_k: every k ({cfg.evaluation.recall_k}) needs more than the "
+                          f"{len(dataset) - 1} other images each query of data set {run_cfg.dataset!r} has")
+    if skipped:
+        print(f"tcm: evaluation.recall_k: skipping k = {skipped} for run {name}: each query of data set "
+              f"{run_cfg.dataset!r} has only {len(dataset) - 1} other images", file=sys.stderr)
     tracker = tracker or Tracker(cfg)
 
     per_seed: dict[int, dict] = {}
@@ -70,7 +80,7 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
         emb = embed(model.to(device), dataset, cfg.evaluation.batch_size, device, progress,
                     cfg.evaluation.num_workers)
         ev, o = cfg.evaluation, cfg.evaluation.opis  # params.yaml's names are evaluate_embeddings' keywords
-        result = evaluate_embeddings(emb, dataset.labels, recall_k=ev.recall_k, beta=o.beta, far_range=o.far_range,
+        result = evaluate_embeddings(emb, dataset.labels, recall_k=recall_k, beta=o.beta, far_range=o.far_range,
                                      n_thresholds=o.n_thresholds, eps=o.eps, class_weighting=o.class_weighting,
                                      resolution=o.resolution, chunk_size=ev.chunk_size, device=ev.device,
                                      target_far=ev.target_far, worst_share=ev.worst_share, progress=progress)

@@ -38,6 +38,11 @@ class RunDir:
     def name(self) -> str:
         return self.root.name
 
+    @property
+    def lock(self) -> Path:
+        """Held by the process training the run (tcm.locks); ignored by git and DVC."""
+        return self.root / ".lock"
+
     # train stage
     @property
     def info(self) -> Path:

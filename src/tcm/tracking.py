@@ -3,16 +3,32 @@
 MLflow is a side output: runs receive params, per-epoch metrics, final metrics and artifacts,
 but no stage reads results back from it. When mlflow is not importable (GPU boxes) or is
 disabled in params, every call is a no-op and a single notice is printed.
+
+One store per project, whoever writes: relative store paths resolve against the project root, which
+is ``$DVC_ROOT`` under DVC (queued ``dvc exp`` runs execute in temporary copies, and DVC points that
+variable at the project they came from) and params.yaml's folder otherwise. Several processes may
+write at once (``dvc queue start -j 2``): the store is created under a lock, uses SQLite's
+write-ahead log, and busy writes are retried.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from tcm.config import Config
+from tcm.locks import exclusive
+
+T = TypeVar("T")
+# DVC sets these in every `dvc exp run` (queued or not); the run is tagged with them.
+DVC_TAGS = {"DVC_EXP_NAME": "dvc.exp_name", "DVC_EXP_BASELINE_REV": "dvc.baseline_rev"}
+RETRIES = 8  # busy-store retries, waiting 0.5, 1, 2, ... s (plus SQLite's own 20 s busy timeout each)
 
 _NOTICE_SHOWN = False
 
@@ -40,11 +56,57 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def store_uris(cfg: Config) -> tuple[str, str]:
-    """(tracking URI, artifact location URI) with relative paths taken from params.yaml's folder."""
+def project_root(cfg: Config) -> Path:
+    """Where relative MLflow paths start: the DVC project (also from a queued experiment's temporary
+    copy), else params.yaml's folder."""
+    root = os.environ.get("DVC_ROOT")
+    return Path(root) if root and Path(root).is_dir() else cfg.base_dir
+
+
+def store_paths(cfg: Config) -> tuple[Path, Path]:
+    """(SQLite file, artifact folder) of the project's MLflow store, absolute."""
+    root = project_root(cfg)
     db = Path(cfg.mlflow.tracking_uri.removeprefix("sqlite:///"))
     artifacts = Path(cfg.mlflow.artifact_location)
-    return f"sqlite:///{cfg.path(db).resolve()}", cfg.path(artifacts).resolve().as_uri()
+    return (root / db).resolve(), (root / artifacts).resolve()
+
+
+def store_uris(cfg: Config) -> tuple[str, str]:
+    """(tracking URI, artifact location URI) of :func:`store_paths`."""
+    db, artifacts = store_paths(cfg)
+    return f"sqlite:///{db}", artifacts.as_uri()
+
+
+def dvc_tags() -> dict[str, str]:
+    """The DVC experiment this process runs in, as MLflow tags (none outside `dvc exp run`)."""
+    return {tag: os.environ[var] for var, tag in DVC_TAGS.items() if os.environ.get(var)}
+
+
+def _busy(e: Exception) -> bool:
+    return "database is locked" in str(e) or getattr(e, "error_code", "") == "TEMPORARILY_UNAVAILABLE"
+
+
+def retry(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``call(*args, **kwargs)``, retried while the SQLite store is busy with another writer."""
+    for attempt in range(RETRIES):
+        try:
+            return call(*args, **kwargs)
+        except Exception as e:
+            if not _busy(e) or attempt == RETRIES - 1:
+                raise
+            time.sleep(0.5 * 2 ** attempt)
+    raise AssertionError("unreachable")
+
+
+class _Retrying:
+    """An ``MlflowClient`` whose every call is :func:`retry`-ed."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        return (lambda *a, **k: retry(attr, *a, **k)) if callable(attr) else attr
 
 
 class Tracker:
@@ -65,12 +127,18 @@ class Tracker:
                 _NOTICE_SHOWN = True
             return
         uri, artifacts = store_uris(cfg)
-        # The kind tag makes the MLflow UI open the experiment on its training-runs table.
-        self.client = MlflowClient(tracking_uri=uri)
-        exp = self.client.get_experiment_by_name(cfg.mlflow.experiment)
-        self.experiment_id = (exp.experiment_id if exp is not None else
-                              self.client.create_experiment(cfg.mlflow.experiment, artifact_location=artifacts,
-                                                            tags={"mlflow.experimentKind": "custom_model_development"}))
+        db = store_paths(cfg)[0]
+        # Creating the tables and the experiment is a check-then-act: one process at a time.
+        with exclusive(db.with_name(db.name + ".lock"), f"MLflow store {db}", wait=True):
+            # WAL lets readers and one writer work at once; the mode is stored in the file, once.
+            with contextlib.closing(sqlite3.connect(db, timeout=60)) as con:
+                con.execute("PRAGMA journal_mode=WAL")
+            self.client = _Retrying(MlflowClient(tracking_uri=uri))
+            exp = self.client.get_experiment_by_name(cfg.mlflow.experiment)
+            # The kind tag makes the MLflow UI open the experiment on its training-runs table.
+            self.experiment_id = (exp.experiment_id if exp is not None else self.client.create_experiment(
+                cfg.mlflow.experiment, artifact_location=artifacts,
+                tags={"mlflow.experimentKind": "custom_model_development"}))
 
     @property
     def enabled(self) -> bool:
@@ -99,8 +167,11 @@ class Tracker:
         if self._live(run_id):
             self.client.update_run(run_id, status="RUNNING")
             self.set_stage(run_id, stage)
+            for key, value in dvc_tags().items():
+                self.client.set_tag(run_id, key, value)
             return run_id
-        all_tags = {"tcm.run": run_name, "git_commit": git_commit(self.cfg.base_dir), "stage": stage, **(tags or {})}
+        all_tags = {"tcm.run": run_name, "git_commit": git_commit(self.cfg.base_dir), "stage": stage, **dvc_tags(),
+                    **(tags or {})}
         title = run_name if seed is None else f"{run_name}-s{seed}"
         run = self.client.create_run(self.experiment_id, run_name=title, tags=all_tags)
         self._known[run.info.run_id] = True

@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -45,6 +45,7 @@ from tcm.data.transforms import train_transform
 from tcm.device import environment, pick_device
 from tcm.errors import TcmError
 from tcm.fingerprint import code_fingerprint
+from tcm.locks import exclusive
 from tcm.losses import Criterion, build_criterion
 from tcm.models import build_model, structure_signature
 from tcm.runfiles import CheckpointError, RunDir
@@ -381,11 +382,15 @@ def _start_attempt(run_dir: RunDir, run_hash: str, code: str, d: Dist) -> bool:
 
 def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool = True) -> TrainResult:
     """Train run ``name`` of ``cfg`` once per seed of ``train.seeds``; an interrupted call resumes
-    (see :func:`_start_attempt`), a finished run is trained again."""
+    (see :func:`_start_attempt`), a finished run is trained again. Refused (:class:`LockedError`)
+    while another process trains the same run folder."""
     run_cfg = cfg.run(name)
-    with distributed(run_cfg.train.device) as d:
+    run_dir = cfg.run_dir(name)
+    # One writer per run folder: a kernel orphaned by a killed `dvc repro` may still be training it.
+    rank = int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    lock = exclusive(run_dir.lock, f"run {name}") if rank == 0 else contextlib.nullcontext()
+    with lock, distributed(run_cfg.train.device) as d:
         t = run_cfg.train
-        run_dir = cfg.run_dir(name)
         settings = resolved_run(cfg, name)
         manifest = read_manifest(cfg.data_dir(run_cfg.dataset))
         dataset = ManifestDataset(manifest, "train", train_transform(cfg.dataset(run_cfg.dataset)))
@@ -487,7 +492,6 @@ def _train_seed(a: _Attempt, seed: int, histories: dict[int, list[dict]]) -> tup
     if state is not None:
         _notice(d, f"resuming run {name} seed {seed} after epoch {state['epoch']} of {t.epochs}")
 
-    label = f"{name} seed {seed}" if len(t.seeds) > 1 else name
     tags = {"tcm.seed": str(seed), "tcm.config_hash": seed_hash, "tcm.code": a.code,
             **{f"env.{k}": str(v) for k, v in a.env.items()}}
     run_id = tracker.find_run(name, seed_hash, a.code) if state is not None else None
@@ -511,6 +515,29 @@ def _train_seed(a: _Attempt, seed: int, histories: dict[int, list[dict]]) -> tup
         checkpoint(0)  # a seed killed in its first epoch then resumes, and continues its MLflow run
     autocast = device.type == "cuda" and t.amp
     backbone_params = [p for p in raw_model.backbone.parameters() if p.requires_grad]
+    try:
+        _epochs(a, seed, parts, model, raw_model, history, histories, start_epoch, checkpoint, run_id, autocast,
+                backbone_params)
+    except BaseException as e:
+        # An interrupted run is resumed later and reopened (start_run); it must not show as running.
+        tracker.end_run(run_id, status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    if d.main:
+        tracker.set_stage(run_id, "train")
+        tracker.end_run(run_id)
+    return seed_hash, history
+
+
+def _epochs(a: _Attempt, seed: int, parts: _Parts, model: nn.Module, raw_model: nn.Module, history: list[dict],
+            histories: dict[int, list[dict]], start_epoch: int, checkpoint: Callable[[int], None],
+            run_id: str | None, autocast: bool, backbone_params: list[nn.Parameter]) -> None:
+    """Epochs ``start_epoch``..``epochs`` of one seed; each ends with a checkpoint, MLflow metrics and
+    a history.csv row (rank 0)."""
+    run_cfg, name, run_dir, loader, device, d, tracker = (
+        a.run_cfg, a.name, a.run_dir, a.loader, a.device, a.d, a.tracker)
+    t = run_cfg.train
+    ckpt = run_dir.checkpoint(seed)
+    label = f"{name} seed {seed}" if len(t.seeds) > 1 else name
     for epoch in range(start_epoch, t.epochs + 1):
         # Seeding per epoch makes a resumed run draw exactly the batches an uninterrupted one would.
         seed_everything(epoch_seed(seed, epoch, d.rank))
@@ -518,6 +545,7 @@ def _train_seed(a: _Attempt, seed: int, histories: dict[int, list[dict]]) -> tup
         frozen = backbone_params if epoch <= t.warmup_epochs else ()
         sums = {"loss": 0.0, "base_loss": 0.0, "tcm_loss": 0.0}
         seen, t0 = 0, time.perf_counter()
+        first_loss, changed = 0.0, False
         bar = tqdm(loader, desc=f"{label} epoch {epoch}/{t.epochs}", disable=not (a.progress and d.main),
                    file=sys.stderr, leave=False, mininterval=1.0)
         for step, (x, y) in enumerate(bar, start=1):
@@ -529,7 +557,6 @@ def _train_seed(a: _Attempt, seed: int, histories: dict[int, list[dict]]) -> tup
                                     chunk_size=t.chunk_size, clip_grad_value=t.clip_grad_value, frozen=frozen,
                                     world_size=d.world_size)
             except NonFiniteLoss as e:
-                tracker.end_run(run_id, status="FAILED")
                 raise TrainingDiverged(
                     f"run {name} seed {seed}: loss is {e.value} at epoch {epoch}, step {step}; "
                     f"the last good checkpoint (epoch {epoch - 1}) is kept at {ckpt}") from None
@@ -541,11 +568,21 @@ def _train_seed(a: _Attempt, seed: int, histories: dict[int, list[dict]]) -> tup
                 dist.all_reduce(values)
                 values /= d.world_size
             n = len(y) * d.world_size
-            for k, v in zip(sums, values.tolist()):
+            step_values = values.tolist()
+            for k, v in zip(sums, step_values):
                 sums[k] += v * n
             seen += n
+            first_loss = step_values[0] if step == 1 else first_loss
+            changed = changed or step_values[0] != first_loss
             bar.set_postfix(loss=f"{values[0].item():.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}",
                             refresh=False)
+        if step > 1 and not changed and first_loss != 0.0:
+            # A loss that no step moves has lost its gradient (weights blown up by a huge lr, or collapsed
+            # embeddings). A loss of exactly 0 is left alone: a miner that finds no hard pairs gives it.
+            raise TrainingDiverged(
+                f"run {name} seed {seed}: the loss stayed at {first_loss:.6g} for all {step} steps of epoch {epoch} "
+                f"(train.lr {t.lr:g}): training has stalled, most likely diverged; "
+                f"lower runs.{name}.train.lr. The last good checkpoint (epoch {epoch - 1}) is kept at {ckpt}")
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch, **{k: v / max(seen, 1) for k, v in sums.items()},
                "lr": parts.optimizer.param_groups[0]["lr"], "images_per_s": seen / seconds, "seconds": seconds}
@@ -558,6 +595,3 @@ def _train_seed(a: _Attempt, seed: int, histories: dict[int, list[dict]]) -> tup
             if a.progress:
                 print(f"{label} epoch {epoch}/{t.epochs}: loss {row['loss']:.4f} (base {row['base_loss']:.4f}, "
                       f"tcm {row['tcm_loss']:.4f}), {row['images_per_s']:.0f} img/s", file=sys.stderr)
-    if d.main:
-        tracker.set_stage(run_id, "train")
-    return seed_hash, history

@@ -10,6 +10,7 @@
     tcm evaluate EMBEDDINGS LABELS --out metrics.json [--k 1 2 4 8] [--curves curves.csv] [...]
     tcm report
     tcm profile [NAME]               (write profiles/NAME.yaml as params.yaml; no NAME: list them)
+    tcm notebook IN OUT [-p NAME VALUE ...]   (run a stage notebook as dvc.yaml does)
 
 Errors the user can fix (bad params, missing data) print one line and exit 2, no traceback.
 """
@@ -20,7 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tcm.config import ConfigError, load_config
+from tcm.config import ConfigError, check_batches, load_config
 from tcm.errors import TcmError
 
 USER_ERRORS: tuple[type[Exception], ...] = (TcmError, FileNotFoundError)
@@ -38,7 +39,7 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_check_params(args: argparse.Namespace) -> int:
-    load_config(args.params)
+    check_batches(load_config(args.params), args.params)
     if args.stamp:
         # A constant stamp: downstream stages depend on it without depending on any value.
         from tcm.atomic import write_text
@@ -167,6 +168,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_notebook(args: argparse.Namespace) -> int:
+    from tcm.cli.run_notebook import run_notebook
+
+    return run_notebook(Path(args.source), Path(args.output), dict(args.parameters or []))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tcm", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -224,6 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profiles", default="profiles", help="folder of profiles (default: profiles)")
     p.add_argument("--out", default="params.yaml", help="params file to write (default: params.yaml)")
     p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("notebook", help="run a stage notebook with papermill: stderr streams to the terminal, "
+                       "a user error ends it with one line and exit 2")
+    p.add_argument("source", help="the notebook to run (notebooks/...)")
+    p.add_argument("output", help="where the executed copy goes (reports/notebooks/...)")
+    p.add_argument("-p", dest="parameters", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="a notebook parameter (passed as a string)")
+    p.set_defaults(func=cmd_notebook)
     return parser
 
 

@@ -114,7 +114,10 @@ def run(args: argparse.Namespace) -> int:
         progress = sys.stderr.isatty() if args.progress is None else args.progress
         ev = evaluate_embeddings(emb, lab, **settings, progress=progress)
     except (InputError, ValueError) as e:  # check_inputs and the metrics raise ValueError naming the problem
-        print(f"tcm evaluate: error: {e}", file=sys.stderr)
+        message = str(e)
+        if message.startswith("recall_k:"):  # the library's name of --k
+            message = "--k:" + message.removeprefix("recall_k:")
+        print(f"tcm evaluate: error: {message}", file=sys.stderr)
         return 2
     ev.metrics["settings"]["embeddings"], ev.metrics["settings"]["labels"] = str(args.embeddings), str(args.labels)
     try:

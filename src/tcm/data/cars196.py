@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from tcm.data.manifest import DataError
-from tcm.data.specs import Benchmark, Problems
+from tcm.data.specs import Benchmark, Problems, label_problem
 
 FETCH_HELP = (
     "No stable public download exists (the original addresses under http://imagenet.stanford.edu/internal/car196/ "
@@ -49,23 +49,36 @@ def parse(folder: Path) -> pd.DataFrame:
                         f"found keys {sorted(k for k in mat if not k.startswith('__'))}"
                         + (f" and fields {list(ann.dtype.names)}" if ann is not None and ann.dtype.names else ""))
     problems = Problems(f"cars196 at {folder}")
+    # class_names fixes the number of classes when present. An id beyond it means a damaged or mismatched file,
+    # never a new class (with allow_nonstandard_counts it would otherwise become a test class unnoticed).
+    names = mat.get("class_names")
+    n_names = int(np.asarray(names).size) if names is not None else None
+    if ann.size == 0:
+        problems.add(f"{mat_path}: 'annotations' lists no images")
     rows = []
     for n, entry in enumerate(ann.ravel(), start=1):
         try:
             rel = str(_scalar(entry["relative_im_path"]))
             label = int(_scalar(entry["class"]))
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, OverflowError) as e:  # OverflowError: a class stored as inf
             problems.add(f"{mat_path} annotation {n}: malformed entry ({e})")
             continue
         if label < 1:
             problems.add(f"{mat_path} annotation {n}: class id {label} is not positive")
             continue
+        if n_names is not None and label > n_names:
+            problems.add(f"{mat_path} annotation {n} ({rel}): class id {label} is beyond the {n_names} entries of "
+                         "class_names")
+            continue
+        why = label_problem(label)
+        if why:
+            problems.add(f"{mat_path} annotation {n} ({rel}): {why}")
+            continue
         rows.append((rel, label))
     problems.raise_if_any()
     labels = sorted({label for _, label in rows})
-    # Lower half of the class ids train: 1-98 of 196. class_names fixes the number of classes when present.
-    names = mat.get("class_names")
-    n_classes = int(np.asarray(names).size) if names is not None else len(labels)
+    # Lower half of the class ids train: 1-98 of 196.
+    n_classes = n_names if n_names is not None else len(labels)
     n_train = n_classes // 2
     return pd.DataFrame([(rel, label, "train" if label <= n_train else "test") for rel, label in rows],
                         columns=["path", "label", "split"])

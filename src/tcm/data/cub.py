@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tcm.data.specs import Benchmark, Download, Problems, read_lines
+from tcm.data.specs import INTEGER, Benchmark, Download, Problems, label_problem, read_lines
 
 # CaltechDATA record 65de6-vp158 (the archive's current home; the old vision.caltech.edu address is gone).
 # Size and SHA-256 as published in tensorflow/datasets (url_checksums/caltech_birds2011.txt) and in
@@ -30,28 +30,44 @@ FETCH_HELP = (
 )
 
 
+def _index(problems: Problems, path: Path) -> list[tuple[int, str]]:
+    lines = read_lines(path)
+    if not lines:
+        # Checked here: an empty table would otherwise fail later, as a confusing error about the output.
+        problems.add(f"{path}: lists nothing (empty file; extract CUB_200_2011.tgz again)")
+    return lines
+
+
 def parse(folder: Path) -> pd.DataFrame:
     problems = Problems(f"cub at {folder}")
     images: dict[int, str] = {}
-    for n, line in read_lines(folder / "images.txt"):
+    for n, line in _index(problems, folder / "images.txt"):
         parts = line.split(maxsplit=1)
-        if len(parts) != 2 or not parts[0].isdigit():
+        if len(parts) != 2 or not INTEGER.fullmatch(parts[0]):
             problems.add(f"{folder / 'images.txt'} line {n}: expected '<image_id> <image_name>', got {line!r}")
+            continue
+        why = label_problem(int(parts[0]), "image id")
+        if why:
+            problems.add(f"{folder / 'images.txt'} line {n}: {why}")
             continue
         if int(parts[0]) in images:
             problems.add(f"{folder / 'images.txt'} line {n}: image id {parts[0]} appears twice")
         images[int(parts[0])] = parts[1]
     classes: dict[int, str] = {}
-    for n, line in read_lines(folder / "classes.txt"):
+    for n, line in _index(problems, folder / "classes.txt"):
         parts = line.split(maxsplit=1)
-        if len(parts) != 2 or not parts[0].isdigit():
+        if len(parts) != 2 or not INTEGER.fullmatch(parts[0]):
             problems.add(f"{folder / 'classes.txt'} line {n}: expected '<class_id> <class_name>', got {line!r}")
+            continue
+        why = label_problem(int(parts[0]))
+        if why:  # class ids are the labels
+            problems.add(f"{folder / 'classes.txt'} line {n}: {why}")
             continue
         classes[int(parts[0])] = parts[1]
     labels: dict[int, int] = {}
-    for n, line in read_lines(folder / "image_class_labels.txt"):
+    for n, line in _index(problems, folder / "image_class_labels.txt"):
         parts = line.split()
-        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        if len(parts) != 2 or not all(INTEGER.fullmatch(p) for p in parts):
             problems.add(f"{folder / 'image_class_labels.txt'} line {n}: expected '<image_id> <class_id>', "
                          f"got {line!r}")
             continue

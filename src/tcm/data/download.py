@@ -7,12 +7,14 @@ docs/data.md). ``file://`` URLs work too (no resume needed there), which is what
 from __future__ import annotations
 
 import hashlib
+import lzma
 import os
 import shutil
 import tarfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
@@ -22,6 +24,11 @@ from tcm.data.specs import Download, Problems
 
 CHUNK = 1 << 20
 USER_AGENT = "tcm-reproducibility/0.1"
+# Archives are extracted into TARGET/STAGING/<archive name> and moved into TARGET only once complete. Two levels
+# down, so that a copy left by a killed run is never taken for a data set folder (see specs.locate_root).
+STAGING = ".tcm-extracting"
+# What a truncated or damaged archive raises while it is read (OSError without errno too: BadGzipFile, bz2).
+CORRUPT = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError)
 
 
 def sha256_file(path: Path | str, chunk: int = CHUNK) -> str:
@@ -115,35 +122,65 @@ def _member_problems(names_and_kinds: list[tuple[str, str]], target: Path) -> li
     return bad
 
 
+def _move_into(src: Path, dst: Path) -> None:
+    """Move the contents of ``src`` into ``dst``, merging folders that exist already (as extracting there would)."""
+    for child in sorted(src.iterdir()):
+        dest = dst / child.name
+        if child.is_dir() and dest.is_dir():
+            _move_into(child, dest)
+        else:
+            os.replace(child, dest)
+
+
 def safe_extract(archive: Path | str, target: Path | str) -> Path:
     """Extract a tar or zip archive into ``target``; every member is checked before anything is written.
 
-    Rejected: absolute paths, '..' that leaves ``target``, symbolic and hard links, device files.
+    Rejected: absolute paths, '..' that leaves ``target``, symbolic and hard links, device files. A
+    truncated or corrupt archive is a DataError and leaves nothing in ``target``: the members go to a
+    staging folder first and are moved into ``target`` only once all of them were extracted.
     """
     archive, target = Path(archive), Path(target)
     target.mkdir(parents=True, exist_ok=True)
     problems = Problems(f"{archive}: unsafe archive, nothing extracted")
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            infos = zf.infolist()
-            # A zip entry is a symlink when its Unix mode (high 16 bits of external_attr) says so.
-            kinds = [(i.filename, "link" if (i.external_attr >> 16) & 0o170000 == 0o120000 else "file") for i in infos]
-            problems.extend(_member_problems(kinds, target))
-            problems.raise_if_any()
-            zf.extractall(target)
-        return target
+    staging = target / STAGING / archive.name
+    shutil.rmtree(target / STAGING, ignore_errors=True)  # left by a killed run
     try:
-        tf = tarfile.open(archive)
-    except (tarfile.TarError, OSError) as e:
-        raise DataError(f"{archive}: not a readable tar or zip archive ({e})") from None
-    with tf:
-        members = tf.getmembers()
-        kinds = [(m.name, "link" if m.issym() or m.islnk() else "file" if m.isfile() or m.isdir() else "special")
-                 for m in members]
-        problems.extend(_member_problems(kinds, target))
-        problems.raise_if_any()
-        # The 'data' filter (Python >= 3.11.4) repeats these checks and drops unsafe permission bits.
-        tf.extractall(target, filter="data")
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                infos = zf.infolist()
+                # A zip entry is a symlink when its Unix mode (high 16 bits of external_attr) says so.
+                kinds = [(i.filename, "link" if (i.external_attr >> 16) & 0o170000 == 0o120000 else "file")
+                         for i in infos]
+                problems.extend(_member_problems(kinds, target))
+                problems.raise_if_any()
+                zf.extractall(staging)
+        else:
+            try:
+                tf = tarfile.open(archive)
+            except (tarfile.TarError, OSError) as e:
+                raise DataError(f"{archive}: not a readable tar or zip archive, or an incomplete one ({e}); delete "
+                                "it and download it again") from None
+            with tf:
+                members = tf.getmembers()  # reads the whole archive: a truncated one fails here already
+                kinds = [(m.name, "link" if m.issym() or m.islnk() else "file" if m.isfile() or m.isdir()
+                          else "special") for m in members]
+                problems.extend(_member_problems(kinds, target))
+                problems.raise_if_any()
+                # The 'data' filter (Python >= 3.11.4) repeats these checks and drops unsafe permission bits.
+                tf.extractall(staging, filter="data")
+        if staging.is_dir():  # an archive without members creates nothing
+            _move_into(staging, target)
+    except DataError:
+        raise
+    except tarfile.FilterError as e:
+        raise DataError(f"{archive}: unsafe archive, nothing extracted: 1 problem: {e}") from None
+    except (*CORRUPT, OSError) as e:
+        if isinstance(e, OSError) and e.errno is not None:  # the disk, not the archive: full, read-only ...
+            raise DataError(f"{archive}: extracting into {target} failed ({e})") from None
+        raise DataError(f"{archive}: incomplete or corrupt archive ({type(e).__name__}: {e}), nothing extracted; "
+                        "delete it and download it again") from None
+    finally:
+        shutil.rmtree(target / STAGING, ignore_errors=True)
     return target
 
 

@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from tcm.data.specs import Benchmark, Problems, read_lines
+from tcm.data.specs import INTEGER, Benchmark, Problems, label_problem, read_lines
 
 IMAGES, SPLITS = "train_val2018", "Inat_dataset_splits"
 SPLIT_FILES = {"train": f"{SPLITS}/Inaturalist_train_set1.txt", "test": f"{SPLITS}/Inaturalist_test_set1.txt"}
@@ -47,13 +47,20 @@ def parse(folder: Path) -> pd.DataFrame:
     supercategory: dict[int, str] = {}
     split_dir = _split_dir(folder)
     for split, name in SPLIT_FILES.items():
-        for n, line in read_lines(split_dir / name):
+        lines = read_lines(split_dir / name)
+        if not lines:
+            problems.add(f"{split_dir / name}: no images listed (empty file)")
+        for n, line in lines:
             parts = PurePosixPath(line).parts
-            if len(parts) < 4 or not parts[-2].isdigit():
+            if len(parts) < 4 or not INTEGER.fullmatch(parts[-2]):
                 problems.add(f"{split_dir / name} line {n}: expected 'train_val2018/<supercategory>/<category_id>/"
                              f"<file>.jpg', got {line!r}")
                 continue
             label = int(parts[-2])
+            why = label_problem(label, "category id")
+            if why:
+                problems.add(f"{split_dir / name} line {n}: {why}")
+                continue
             # The published loaders key classes by '<supercategory>/<category_id>'; a category id under two
             # supercategories would make the integer label ambiguous.
             if supercategory.setdefault(label, parts[-3]) != parts[-3]:

@@ -62,6 +62,7 @@ def write_manifest(out_dir: Path | str, table: pd.DataFrame, image_root: Path | 
 
 
 def read_manifest(data_dir: Path | str) -> Manifest:
+    """Read a prepared data set; a missing, empty or damaged manifest is a DataError saying how to rebuild it."""
     import json
 
     data_dir = Path(data_dir)
@@ -69,9 +70,25 @@ def read_manifest(data_dir: Path | str) -> Manifest:
     for p in (path, info_path):
         if not p.is_file():
             raise DataError(f"{p}: not found; run the data stage (`tcm data prepare ...`) first")
-    table = pd.read_csv(path, dtype={"path": str, "split": str})
-    check_table(table, str(path))
-    image_root = Path(json.loads(info_path.read_text())["image_root"])
+    # The folder is data/<name> for the data sets of params.yaml, so its name is the one to prepare again.
+    rebuild = f"re-run `tcm data prepare {data_dir.name}` (or `dvc repro`)"
+    try:
+        table = pd.read_csv(path, dtype={"path": str, "split": str})
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: empty file (no header, no rows); {rebuild}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a readable CSV file ({' '.join(str(e).split())}); {rebuild}") from None
+    if table.empty:
+        # Checked before the columns: a header-only file would otherwise be reported as a dtype problem.
+        raise DataError(f"{path}: no rows (header only); {rebuild}")
+    try:
+        check_table(table, str(path))
+        image_root = Path(json.loads(info_path.read_text())["image_root"])
+    except DataError as e:
+        raise DataError(f"{e}; {rebuild}") from None
+    except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+        raise DataError(f"{info_path}: not a valid data set description ({type(e).__name__}: {e}); "
+                        f"{rebuild}") from None
     if not image_root.is_absolute():
         image_root = data_dir / image_root
     return Manifest(table=table, image_root=image_root)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tcm.data.specs import Benchmark, Problems, read_lines
+from tcm.data.specs import INTEGER, Benchmark, Problems, label_problem, read_lines
 
 HEADER = ["image_id", "class_id", "super_class_id", "path"]
 
@@ -32,11 +32,17 @@ def parse(folder: Path) -> pd.DataFrame:
             got = lines[0][1] if lines else "an empty file"
             problems.add(f"{folder / name} line 1: expected the header {' '.join(HEADER)!r}, got {got!r}")
             continue
+        if len(lines) == 1:
+            problems.add(f"{folder / name}: no images listed after the header (truncated or emptied file?)")
         for n, line in lines[1:]:
             parts = line.split()
-            if len(parts) != 4 or not all(p.isdigit() for p in parts[:3]):
+            if len(parts) != 4 or not all(INTEGER.fullmatch(p) for p in parts[:3]):
                 problems.add(f"{folder / name} line {n}: expected '<image_id> <class_id> <super_class_id> <path>', "
                              f"got {line!r}")
+                continue
+            why = label_problem(int(parts[1]))
+            if why:
+                problems.add(f"{folder / name} line {n}: {why}")
                 continue
             rows.append((parts[3], int(parts[1]), split))
     problems.raise_if_any()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
+import stat
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -25,6 +27,11 @@ BENCHMARK_NAMES = ("cub", "cars196", "sop", "inat2018")
 VERIFY_MODES = ("exists", "full")
 # How many problems a message spells out; the count always covers all of them.
 SHOWN_PROBLEMS = 5
+# Labels are stored as int64 (manifest.csv, torch tensors): a class id outside 0 .. 2**63 - 1 cannot be one.
+MAX_LABEL = 2**63 - 1
+# An id field of an index file: ASCII digits only (str.isdigit() also passes '²', which int() refuses); a
+# leading '-' is read so that a negative id is reported as such rather than as a malformed line.
+INTEGER = re.compile(r"-?[0-9]+")
 
 
 class Problems:
@@ -131,20 +138,32 @@ def read_lines(path: Path) -> list[tuple[int, str]]:
     return [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
+def label_problem(value: int, what: str = "class id") -> str | None:
+    """Why the id ``value`` cannot be used (negative, or too large for an int64 label), or None when it can."""
+    if 0 <= value <= MAX_LABEL:
+        return None
+    return f"{what} {value} is out of range (ids must be 0 to {MAX_LABEL:,}; labels are int64)"
+
+
 # --- verification -----------------------------------------------------------------------------
 
 def _stat_chunk(paths: list[str]) -> list[tuple[str, str]]:
     bad = []
     for p in paths:
         try:
-            size = os.stat(p).st_size
+            st = os.stat(p)
         except FileNotFoundError:
             bad.append((p, "missing"))
             continue
         except OSError as e:
             bad.append((p, f"cannot stat ({e.strerror})"))
             continue
-        if size == 0:
+        # A folder has a non-zero size too; only a regular file (or a link to one) is an image.
+        if stat.S_ISDIR(st.st_mode):
+            bad.append((p, "a directory, not an image file"))
+        elif not stat.S_ISREG(st.st_mode):
+            bad.append((p, "not a regular file"))
+        elif st.st_size == 0:
             bad.append((p, "empty file (0 bytes)"))
     return bad
 
@@ -185,7 +204,8 @@ def _run_chunks(fn: Callable[[list[str]], list[tuple[str, str]]], paths: list[st
 
 
 def check_files(paths: list[str], desc: str = "check files", workers: int | None = None) -> list[tuple[str, str]]:
-    """Every file exists and is non-empty. Threads: stat is I/O bound (and slow on network file systems)."""
+    """Every file exists, is a regular file (a folder is not an image) and is non-empty. Threads: stat is I/O
+    bound (and slow on network file systems)."""
     return _run_chunks(_stat_chunk, paths, desc, processes=False, workers=workers or 16, chunk=2048)
 
 

@@ -115,6 +115,9 @@ def evaluate_embeddings(embeddings: np.ndarray, labels: np.ndarray, *, recall_k:
     dev = resolve_device(device)
     x = to_device(e, dev, assume_normalized)
     n = len(y)
+    if retrieval and recall_k[-1] >= n:
+        # Recall@k with k past the gallery is 1 by construction: a number that says nothing.
+        raise ValueError(f"recall_k: k = {recall_k[-1]} needs more than the {n - 1} other points each query has")
     k_max = min(n - 1, max(recall_k[-1], int(lab.sizes.max()) - 1)) if retrieval else 0
     chunk_size = int(chunk_size) if chunk_size else default_chunk_size(n, dev, k_max)
     fars = [far_range[0], far_range[1], target_far]
