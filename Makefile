@@ -14,8 +14,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[pipeline,dev]"
 	touch $@
 
+# check-params first: DVC parses params.yaml to build the stages before any stage runs, and its own
+# message for a broken file ("Could not find 'datasets'") names no key.
 repro: $(VENV)/.installed
-	$(ACTIVATE) && dvc repro
+	$(ACTIVATE) && tcm check-params && dvc repro
 
 test: $(VENV)/.installed
 	$(ACTIVATE) && ruff check . && python -m pytest

@@ -59,10 +59,9 @@ def tree_digest(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="session")
-def project(tmp_path_factory) -> Path:
-    """A fresh copy of the working tree (tracked and new files), without generated results."""
-    dest = tmp_path_factory.mktemp("project")
+def copy_project(dest: Path, params: dict) -> Path:
+    """A fresh copy of the working tree (tracked and new files) in ``dest``, without generated results,
+    with ``params`` as params.yaml, committed to a new git repository."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.split("\0")
     for rel in filter(None, files):
@@ -73,10 +72,17 @@ def project(tmp_path_factory) -> Path:
         shutil.copy2(src, dest / rel)
     (dest / "reports/notebooks").mkdir(parents=True)
     (dest / "reports/notebooks/.gitkeep").touch()
-    write_params(dest / "params.yaml", tiny_params(E2E_RUNS, mlflow=True, seeds=E2E_SEEDS))
+    write_params(dest / "params.yaml", params)
     run_command(["git", "init", "-q"], dest)
     run_command(["git", "add", "-A"], dest)
     run_command(["git", "commit", "-qm", "baseline"], dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory) -> Path:
+    """The test pipeline (E2E_RUNS, E2E_SEEDS) reproduced once in a fresh copy of the working tree."""
+    dest = copy_project(tmp_path_factory.mktemp("project"), tiny_params(E2E_RUNS, mlflow=True, seeds=E2E_SEEDS))
     first = run_command(["dvc", "repro"], dest)
     (dest / "first_repro.log").write_text(first.stdout)
     return dest

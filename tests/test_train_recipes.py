@@ -24,8 +24,8 @@ def test_recipe_validates(key: str) -> None:
         for source in (raw["runs"][key]["train"], raw["run_defaults"]["train"]):
             assert not isinstance(source.get(field, 0.0), str), field
     params = {"datasets": {name: {"source": source} for name, source in BENCHMARKS.items()},
-              "run_defaults": raw["run_defaults"], "runs": {key: raw["runs"][key]}}
-    run = parse_config(params, source=str(RECIPES)).run(key)
+              "run_defaults": raw["run_defaults"], "runs": {key.replace("/", "-"): raw["runs"][key]}}
+    run = parse_config(params, source=str(RECIPES)).run(key.replace("/", "-"))
     dataset, backbone, loss = key.split("/")
     assert (run.dataset, run.model.backbone, run.loss.name) == (dataset, backbone, loss)
     t = run.train

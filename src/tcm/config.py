@@ -93,7 +93,7 @@ class DatasetConfig(_Strict):
     hflip: bool = True
     # Waive the standard per-split image/class counts (subsets, tiny test copies).
     allow_nonstandard_counts: bool = False
-    # Benchmarks: 'exists' = every listed file is there and non-empty; 'full' also decodes every image.
+    # Benchmarks: 'exists' = every listed file is there, a regular file, non-empty; 'full' also decodes every image.
     verify: Literal["exists", "full"] = "exists"
     # Fetch the data set into `root` when it is not there (only where a stable public address exists: CUB).
     download: bool = False
