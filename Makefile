@@ -1,17 +1,22 @@
 # Two entry points for a fresh clone (README, Quick start):
 #   make repro   create .venv, install the package with the pipeline extras, run `dvc repro`
 #   make test    same environment, lint (ruff) and run the test suite with the doctests (what .ci/run calls)
+# and for the notebooks (README, Notebooks):
+#   make lab     same environment, JupyterLab on notebooks/ with the project's kernel "Python (tcm)"
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ACTIVATE := . $(VENV)/bin/activate
 
-.PHONY: repro test install
+.PHONY: repro test install lab
 install: $(VENV)/.installed
 
+# The last step registers the notebooks' kernel "tcm" inside the venv (--sys-prefix): it starts this
+# venv's python, so a JupyterLab installed elsewhere still runs the notebooks with the tcm package.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[pipeline,dev]"
+	$(PY) -m ipykernel install --sys-prefix --name tcm --display-name "Python (tcm)"
 	touch $@
 
 # check-params first: DVC parses params.yaml to build the stages before any stage runs, and its own
@@ -21,3 +26,8 @@ repro: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(ACTIVATE) && ruff check . && python -m pytest
+
+# JupyterLab refuses to run as root (containers, CI) unless told to.
+LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root,)
+lab: $(VENV)/.installed
+	$(ACTIVATE) && jupyter lab notebooks/ $(LAB_ARGS)

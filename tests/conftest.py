@@ -66,7 +66,8 @@ def copy_project(dest: Path, params: dict) -> Path:
                            capture_output=True, text=True, check=True).stdout.split("\0")
     for rel in filter(None, files):
         src = REPO / rel
-        if not src.is_file() or rel == "dvc.lock" or rel.startswith(("runs/", "reports/", "benchmarks/", "tests/")):
+        skip = ("runs/", "reports/", "benchmarks/", "tests/", "dvc-store/")  # results, and the remote of results
+        if not src.is_file() or rel == "dvc.lock" or rel.startswith(skip):
             continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dest / rel)

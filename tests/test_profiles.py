@@ -12,6 +12,7 @@ import pytest
 import yaml
 from conftest import REPO, run_command
 
+from tcm import figures
 from tcm.cli import main
 from tcm.config import ConfigError, load_config, parse_config
 from tcm.profiles import activate, render
@@ -106,11 +107,11 @@ def test_smoke_profile_runs_the_whole_matrix_on_tiny_benchmarks(tmp_path) -> Non
                                                      "utility_cub_small_cnn_smooth_ap.png",
                                                      "similarities_inat2018_vit_tiny_rs_at_k.png"}
     for f in written["figures"]:
-        assert f.with_suffix(".pdf").is_file()
+        assert figures.pdf_twin(f).is_file()
     assert (tmp_path / "reports/tables/cub.tex").read_text().lstrip().startswith("\\begin{tabular}")
     metrics = json.loads((tmp_path / "runs/cub-vit_b_16-rs_at_k-tcm/eval/seed-0/metrics.json").read_text())
     # k beyond the tiny test split is skipped (Recall@k would be 1 by construction), the rest computed
-    n = metrics["settings"]["num_images"]
+    n = json.loads((tmp_path / "runs/cub-vit_b_16-rs_at_k-tcm/eval/seed-0/settings.json").read_text())["num_images"]
     assert n < 32 and set(metrics["recall_at_k"]) == {str(k) for k in (1, 2, 4, 8, 10, 16, 32, 100, 1000) if k < n}
 
 

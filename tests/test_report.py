@@ -16,7 +16,7 @@ from conftest import tiny_params
 
 from tcm import figures, report
 from tcm.config import Config, parse_config
-from tcm.notebook import plot_history
+from tcm.notebook import LEGEND_CLASSES, NAMED_OUTLIERS, draw_utility, plot_history, run_utility, utility_gaps
 
 matplotlib.use("Agg")
 
@@ -110,10 +110,11 @@ def test_pairs_are_compared_seed_by_seed_with_t_intervals(full: Config) -> None:
     assert ms["OPIS change high"] == pytest.approx(0.0021279, abs=1e-7)
     assert ms["OPIS significant"] is False or ms["OPIS significant"] == False  # noqa: E712
     assert ms["OPIS change %"] == pytest.approx(-13.8889, abs=1e-4)  # on the means: 0.0103333 / 0.012 - 1
-    # diffs 0.03, 0.02, 0.03: mean 0.0266667, sd 0.0057735 -> [0.0123245, 0.0410088], excludes 0.
-    assert ms["R@1 change"] == pytest.approx(0.0266667, abs=1e-7)
-    assert ms["R@1 change low"] == pytest.approx(0.0123245, abs=1e-7)
-    assert ms["R@1 change high"] == pytest.approx(0.0410088, abs=1e-7)
+    # diffs 0.03, 0.02, 0.03: mean 0.0266667, sd 0.0057735 -> [0.0123245, 0.0410088], excludes 0;
+    # Recall changes are in percentage points.
+    assert ms["R@1 change (pp)"] == pytest.approx(2.66667, abs=1e-5)
+    assert ms["R@1 change (pp) low"] == pytest.approx(1.23245, abs=1e-5)
+    assert ms["R@1 change (pp) high"] == pytest.approx(4.10088, abs=1e-5)
     assert ms["R@1 significant"] == True  # noqa: E712
     pa = cmp.set_index("comparison").loc[PA]
     # OPIS diffs -0.010, -0.011, -0.009: mean -0.010, sd 0.001 -> [-0.0124841, -0.0075159], significant.
@@ -132,8 +133,8 @@ def test_claims_count_means_and_significance(full: Config) -> None:
     assert ours["largest OPIS reduction"] == "47.6%" and sig["largest OPIS reduction"] == f"yes ({PA})"
     assert ours["comparisons where TCM raised Recall@1"] == "1 of 2"
     assert sig["comparisons where TCM raised Recall@1"] == "1 of 2"
-    assert ours["largest Recall@1 gain (points)"] == "+2.7" and sig["largest Recall@1 gain (points)"] == f"yes ({MS})"
-    assert ours["largest Recall@1 drop (points)"] == "-0.3" and sig["largest Recall@1 drop (points)"] == f"no ({PA})"
+    assert ours["largest Recall@1 gain (pp)"] == "+2.7" and sig["largest Recall@1 gain (pp)"] == f"yes ({MS})"
+    assert ours["largest Recall@1 drop (pp)"] == "-0.3" and sig["largest Recall@1 drop (pp)"] == f"no ({PA})"
     assert (claims["comparisons"] == "2 complete of 2 configured").all()
     assert (claims["seeds per comparison"] == "3").all()
     assert claims.loc["comparisons where TCM lowered OPIS", "paper"] == "16 of 16"
@@ -166,7 +167,7 @@ def test_one_seed_gives_no_intervals_and_does_not_crash(tmp_path: Path) -> None:
     populate(cfg, dict.fromkeys(RUNS, [0]))
     _, summary, cmp = tables(cfg)
     assert (summary["status"] == "done").all() and summary["OPIS sd"].isna().all()
-    assert cmp["OPIS change low"].isna().all() and cmp["R@1 change high"].isna().all()
+    assert cmp["OPIS change low"].isna().all() and cmp["R@1 change (pp) high"].isna().all()
     assert cmp["OPIS significant"].isna().all()
     assert cmp.set_index("comparison").loc[MS, "OPIS change"] == pytest.approx(-0.002)
     claims = report.claims_table(cmp, 2).set_index("claim")
@@ -174,6 +175,7 @@ def test_one_seed_gives_no_intervals_and_does_not_crash(tmp_path: Path) -> None:
     assert claims.loc["comparisons where TCM lowered OPIS", report.SIGNIFICANCE] == report.NEEDS_SEEDS
     written = report.run(cfg)
     assert (cfg.path(cfg.paths.reports) / "figures/tcm_effect.png").is_file()
+    assert (cfg.path(cfg.paths.reports) / "figures/per_seed.png").is_file()  # one seed: a dot, no sd bar
     assert "Intervals need at least 2 seeds" in written["readme"][0].read_text()
     metrics = json.loads((cfg.path(cfg.paths.reports) / "metrics.json").read_text())
     assert metrics["digits-ms"] == {"n_seeds": 1, "mean": {"R@1": 0.8, "MAP@R": 0.4, "OPIS": 0.01, "eps-OPIS": 0.05},
@@ -212,8 +214,10 @@ class FakeTracker:
 def test_run_writes_tables_figures_metrics_and_readme(full: Config) -> None:
     reports = full.path(full.paths.reports)
     (reports / "notebooks").mkdir(parents=True)
-    for stage in ("train", "evaluate"):
-        (reports / "notebooks" / f"{stage}-digits-ms.ipynb").write_text("{}")
+    import nbformat
+
+    for stage in ("train", "evaluate"):  # logged to MLflow as HTML renders
+        nbformat.write(nbformat.v4.new_notebook(), reports / "notebooks" / f"{stage}-digits-ms.ipynb")
     tracker = FakeTracker()
     written = report.run(full, tracker=tracker)
 
@@ -223,13 +227,13 @@ def test_run_writes_tables_figures_metrics_and_readme(full: Config) -> None:
     figs = {p.name for p in written["figures"]}
     assert {"opis_vs_recall.png", "training_curves.png", "tcm_effect.png",
             "utility_digits_small_cnn_multi_similarity.png", "similarities_digits_small_cnn_proxy_anchor.png",
-            "embeddings_digits_small_cnn_multi_similarity.png", "utility_run_digits-pa-tcm.png"} <= figs
-    assert all(p.with_suffix(".pdf").is_file() for p in written["figures"])
+            "embeddings_digits_small_cnn_multi_similarity.png", "utility_run_digits-pa-tcm.png", "per_seed.png"} <= figs
+    assert all(figures.pdf_twin(p).is_file() for p in written["figures"])
 
     per_seed = pd.read_csv(reports / "tables/runs_per_seed.csv")
     assert list(per_seed.columns[:2]) == ["run", "seed"] and len(per_seed) == 12
     digits = pd.read_csv(reports / "tables/digits.csv")
-    assert {"R@1 with", "R@8 change low", "OPIS change high", "OPIS change %", "n"} <= set(digits.columns)
+    assert {"R@1 with", "R@8 change (pp) low", "OPIS change high", "OPIS change %", "n"} <= set(digits.columns)
     assert len(pd.read_csv(reports / "tables/thresholds.csv")) == 12
 
     metrics = json.loads((reports / "metrics.json").read_text())
@@ -248,7 +252,7 @@ def test_run_writes_tables_figures_metrics_and_readme(full: Config) -> None:
     # One MLflow run per seed, found by its config hash; each gets its own run's files only.
     assert set(tracker.logged) == {f"{r}:h{s}" for r in RUNS for s in range(3)}
     own = tracker.logged["digits-ms:h1"]
-    assert {"notebooks/train-digits-ms.ipynb", "notebooks/evaluate-digits-ms.ipynb", "config/run.json",
+    assert {"notebooks/train-digits-ms.html", "notebooks/evaluate-digits-ms.html", "config/run.json",
             "figures/utility_run_digits-ms.png", "figures/utility_digits_small_cnn_multi_similarity.png"} <= own
     assert not any("proxy_anchor" in f or "tcm_effect" in f or "opis_vs_recall" in f for f in own)
     assert ("digits-pa:h2", "report") in tracker.stages
@@ -263,4 +267,103 @@ def test_figures_show_seeds(full: Config) -> None:
     _, summary, _ = tables(full)
     fig = figures.landscape(summary)
     assert any(len(c.get_segments()) for c in fig.axes[0].collections)  # error bars drawn
+    matplotlib.pyplot.close("all")
+
+
+class NoTracker:
+    enabled = False
+
+
+def test_recall_changes_are_in_percentage_points_everywhere(full: Config) -> None:
+    written = report.run(full, tracker=NoTracker())
+    reports = full.path(full.paths.reports)
+    for t in ("tcm_comparison", "tcm_comparison_per_seed", "digits"):
+        cols = set(pd.read_csv(reports / f"tables/{t}.csv").columns)
+        assert "R@1 change (pp)" in cols and "MAP@R change (pp)" in cols, t
+        assert not {"R@1 change", "R@1 change low", "MAP@R change"} & cols, t  # no unlabelled fractions left
+        assert "OPIS change" in cols and "OPIS change (pp)" not in cols, t  # OPIS keeps its own unit
+    per_seed = pd.read_csv(reports / "tables/tcm_comparison_per_seed.csv").set_index(["comparison", "seed"])
+    assert per_seed.loc[(MS, 1), "R@1 change (pp)"] == pytest.approx(2.0)  # 0.84 - 0.82
+    claims = pd.read_csv(reports / "tables/claims.csv")["claim"]
+    assert "largest Recall@1 gain (pp)" in set(claims) and not claims.str.contains("points").any()
+    readme = written["readme"][0].read_text()
+    assert "R@1 change (pp) [95% CI]" in readme and "+2.67 [+1.23, +4.10]" in readme
+    assert "percentage points" in readme and "OPIS change %" in readme
+
+
+def test_per_seed_figure_is_written_and_listed(full: Config) -> None:
+    written = report.run(full, tracker=NoTracker())
+    png = full.path(full.paths.reports) / "figures/per_seed.png"
+    assert png in written["figures"] and figures.pdf_twin(png).is_file()
+    assert "(figures/per_seed.png)" in written["readme"][0].read_text()
+    per_seed, summary, _ = tables(full)
+    fig = figures.per_seed(per_seed, summary, ("R@1", "OPIS"))
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["digits-ms", "digits-pa", "digits-ms-tcm",
+                                                            "digits-pa-tcm"]  # without TCM first
+    assert sum(len(c.get_offsets()) for c in ax.collections if len(c.get_offsets()) > 0) >= 12  # a dot per seed
+    legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert {"without TCM", "with TCM", "mean ± sd"} <= set(legend)
+    matplotlib.pyplot.close("all")
+
+
+def _curves(n_classes: int, t: np.ndarray) -> pd.DataFrame:
+    """Class k has utility 0.5 + k/100 flat over t; 'overall' is 0.5 + n/200 (class gaps grow away from it)."""
+    rows = [pd.DataFrame({"class": str(k), "threshold": t, "utility": 0.5 + k / 100}) for k in range(n_classes)]
+    rows.append(pd.DataFrame({"class": "overall", "threshold": t, "utility": 0.5 + n_classes / 200}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_utility_plots_name_their_classes() -> None:
+    t = np.linspace(0.2, 0.8, 5)
+    fig = run_utility(_curves(3, t), "few")
+    legend = [x.get_text() for x in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["class 0", "class 1", "class 2", "overall"]
+    overall = fig.axes[0].get_lines()[-1]
+    assert overall.get_color() == "black" and overall.get_linewidth() > 2
+    # Many classes: only the NAMED_OUTLIERS furthest from the overall curve are named, and the legend says so.
+    n = LEGEND_CLASSES + 8
+    curves = _curves(n, t)
+    _, ax = matplotlib.pyplot.subplots()
+    draw_utility(ax, curves, "many")
+    legend = [x.get_text() for x in ax.get_legend().get_texts()]
+    far = sorted(utility_gaps(curves).nlargest(NAMED_OUTLIERS).index, key=int)
+    assert legend == ["other classes", *(f"class {c}" for c in far), "overall"]
+    assert {"0", str(n - 1)} <= set(far)  # the two ends are furthest from the middle
+    assert f"{NAMED_OUTLIERS} of {n} classes" in ax.get_legend().get_title().get_text()
+    assert len(ax.get_lines()) == n + 1  # every class is still drawn
+    matplotlib.pyplot.close("all")
+
+
+def test_without_and_with_tcm_panels_share_axes() -> None:
+    a, b = _curves(3, np.linspace(0.2, 0.5, 5)), _curves(3, np.linspace(0.4, 0.9, 5))
+    b["utility"] -= 0.3
+    fig = figures.utility_pair(a, b, "pair")
+    left, right = fig.axes[:2]
+    assert left.get_xlim() == right.get_xlim() and left.get_ylim() == right.get_ylim()
+    assert left.get_xlim()[0] <= 0.2 and left.get_xlim()[1] >= 0.9  # both ranges fit
+    assert {x.get_text() for x in left.get_legend().get_texts()} >= {"class 0", "class 2", "overall"}
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    runs = {"without TCM": (rng.normal(size=(60, 2)), y), "with TCM": (5 * rng.normal(size=(60, 2)), y)}
+    for fig in (figures.embeddings_2d(runs, "pair"), figures.similarity_histograms(runs, (0.7, 0.3), "pair")):
+        left, right = fig.axes[:2]
+        assert left.get_xlim() == right.get_xlim() and left.get_ylim() == right.get_ylim()
+    matplotlib.pyplot.close("all")
+
+
+def test_embedding_plot_names_its_projection() -> None:
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    # Most variance along the first axis, so PCA component 1 keeps most of it.
+    emb = rng.normal(size=(60, 8)) * np.array([10, 3, 1, 1, 1, 1, 1, 1])
+    ax = figures.embeddings_2d({"without TCM": (emb, y)}, "pca").axes[0]
+    assert ax.get_xlabel().startswith("PCA component 1 (") and ax.get_xlabel().endswith("% of variance)")
+    assert ax.get_ylabel().startswith("PCA component 2 (")
+    share = int(ax.get_xlabel().split("(")[1].split("%")[0])
+    assert 50 < share < 100
+    assert "PCA of the 8-D embeddings" in ax.get_title()
+    ax = figures.embeddings_2d({"toy": (emb[:, :2], y)}, "toy").axes[0]
+    assert ax.get_xlabel() == "embedding dimension 1" and "raw 2-D embeddings" in ax.get_title()
+    assert {x.get_text() for x in ax.get_legend().get_texts()} == {"class 0", "class 1", "class 2"}
     matplotlib.pyplot.close("all")

@@ -282,6 +282,8 @@ class MlflowConfig(_Strict):
     tracking_uri: str = "sqlite:///mlflow.db"  # relative paths are taken from params.yaml's folder
     artifact_location: str = "mlartifacts"
     experiment: str = "tcm"
+    # Log each evaluated seed's model (weights + settings, no optimizer) so a run id opens anywhere.
+    log_model: bool = True
 
     @field_validator("tracking_uri")
     @classmethod

@@ -6,6 +6,8 @@ threshold report, from the chunked metrics of ``tcm.metrics``), embeddings.npz a
 from __future__ import annotations
 
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,7 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from tcm.atomic import atomic_path, write_json
-from tcm.checkpoint import load_trained
+from tcm.checkpoint import load_trained, save_checkpoint
 from tcm.config import Config, ConfigError, resolved_run, training_settings
 from tcm.data import ManifestDataset, read_manifest
 from tcm.data.transforms import test_transform
@@ -22,7 +24,7 @@ from tcm.metrics import evaluate_embeddings
 from tcm.metrics.opis import curves_table
 from tcm.runfiles import CheckpointError
 from tcm.stats import seed_summary
-from tcm.tracking import Tracker
+from tcm.tracking import Tracker, flatten
 
 
 @torch.no_grad()
@@ -45,6 +47,17 @@ def _check_trained(state: dict, path, trained_settings: dict) -> None:
     if training_settings(state.get("settings", {})) != trained_settings:
         raise CheckpointError(f"{path}: trained with other settings than params.yaml's; train the run again "
                               "(dvc repro, or tcm train RUN)")
+
+
+# Numbers of a seed's metrics.json that describe the evaluation rather than measure the model.
+NOT_METRICS = ("num_queries", "threshold_report.target_far", "threshold_report.worst_share",
+               "threshold_report.resolution", "threshold_report.num_classes_far", "threshold_report.num_classes_frr")
+
+
+def mlflow_metrics(metrics: dict) -> dict[str, float]:
+    """The measurements of a seed's metrics.json, flattened (``recall_at_k.1``, ``opis``, ...)."""
+    return {k: v for k, v in flatten(metrics).items() if k not in NOT_METRICS and isinstance(v, (int, float))
+            and not isinstance(v, bool)}
 
 
 def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool = True) -> dict[int, dict]:
@@ -85,7 +98,8 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
                                      resolution=o.resolution, chunk_size=ev.chunk_size, device=ev.device,
                                      target_far=ev.target_far, worst_share=ev.worst_share, progress=progress)
         metrics, curves = result.metrics, result.curves
-        metrics.update(run=name, seed=seed)
+        # metrics.json holds results; what they were computed with goes beside it.
+        write_json(run_dir.seed_settings(seed), {"run": name, "seed": seed, **metrics.pop("settings")})
         with atomic_path(run_dir.seed_embeddings(seed)) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, embeddings=emb, labels=dataset.labels)
@@ -99,8 +113,17 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
         run_id = tracker.start_run(name, settings, stage="evaluate", run_id=run_id, seed=seed,
                                    tags={"tcm.seed": str(seed), "tcm.config_hash": state["config_hash"],
                                          "tcm.code": str(state.get("code"))})
-        tracker.log_metrics(run_id, {"test": {k: v for k, v in metrics.items() if k != "settings"}})
-        tracker.log_artifacts(run_id, [run_dir.seed_metrics(seed), run_dir.info], "results")
+        tracker.log_metrics(run_id, {"test": mlflow_metrics(metrics)})
+        tracker.log_artifacts(run_id, [run_dir.seed_metrics(seed), run_dir.seed_settings(seed),
+                                       run_dir.seed_curves(seed), run_dir.seed_embeddings(seed), run_dir.info],
+                              "results")
+        if cfg.mlflow.log_model and tracker.enabled:
+            # The trained model (weights and settings, not the optimizer), so that any machine with the
+            # store can open this run by its id (explore_run.ipynb).
+            with tempfile.TemporaryDirectory() as tmp:
+                model_file = Path(tmp) / "model.pt"
+                save_checkpoint(model_file, {k: v for k, v in state.items() if k not in ("optimizer", "scheduler")})
+                tracker.log_artifacts(run_id, [model_file], "model")
         tracker.end_run(run_id)
-    write_json(run_dir.metrics, {"run": name, **seed_summary(per_seed)})
+    write_json(run_dir.metrics, seed_summary(per_seed))
     return per_seed

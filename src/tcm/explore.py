@@ -5,6 +5,7 @@ threshold for a target FAR."""
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,11 +33,11 @@ class RunView:
     checkpoint: dict  # epoch, settings, ... (no tensors)
 
 
-def resolve_run(cfg: Config, ref: str) -> tuple[str, int | None]:
-    """(run name of params.yaml, seed or None) of a run name, or of an MLflow run id (looked up in
-    the store: the id is machine-specific, so result files do not hold it)."""
+def resolve_run(cfg: Config, ref: str) -> tuple[str, int | None, str | None]:
+    """(run name of params.yaml, seed or None, MLflow run id or None) of a run name, or of an MLflow
+    run id (looked up in the store: the id is machine-specific, so result files do not hold it)."""
     if ref in cfg.runs:
-        return ref, None
+        return ref, None, None
     tracker = Tracker(cfg)
     tags = {}
     if tracker.enabled:
@@ -46,30 +47,58 @@ def resolve_run(cfg: Config, ref: str) -> tuple[str, int | None]:
             tags = {}
     if tags.get("tcm.run") in cfg.runs:
         seed = tags.get("tcm.seed")
-        return tags["tcm.run"], int(seed) if seed is not None else None
+        return tags["tcm.run"], int(seed) if seed is not None else None, ref
     raise ConfigError(f"run {ref!r} is neither a run of params.yaml ({sorted(cfg.runs)}) nor the id of an MLflow run "
                       f"of one in {cfg.mlflow.tracking_uri}")
 
 
+@dataclass(frozen=True)
+class _Files:
+    checkpoint: Path
+    embeddings: Path
+    metrics: Path
+    curves: Path
+
+
+def _store_files(cfg: Config, run_id: str, seed: int) -> _Files:
+    """The files an evaluated MLflow run logged (results/, model/), downloaded from the store: the
+    exact model of that id, whatever the workspace's runs/ holds now (or if it holds nothing)."""
+    tracker = Tracker(cfg)
+    dst = Path(tempfile.mkdtemp(prefix=f"tcm-{run_id[:8]}-"))
+    try:
+        for folder in ("results", "model"):
+            tracker.client.download_artifacts(run_id, folder, str(dst))
+    except Exception as e:
+        raise FileNotFoundError(f"MLflow run {run_id}: its results or model are not in the store ({e}); evaluate the "
+                                "run again with mlflow.log_model: true") from None
+    return _Files(dst / "model/model.pt", dst / f"results/seed-{seed}.npz", dst / "results/metrics.json",
+                  dst / "results/curves.csv")
+
+
 def load_run(cfg: Config, ref: str, seed: int | None = None) -> RunView:
-    """One seed of a trained and evaluated run (by default the one an MLflow id names, else the first)."""
-    name, ref_seed = resolve_run(cfg, ref)
-    run_dir = cfg.run_dir(name)
-    seeds = run_dir.evaluated_seeds()
-    seed = seed if seed is not None else ref_seed if ref_seed is not None else (seeds[0] if seeds else None)
-    if seed is None or seed not in seeds:
-        raise FileNotFoundError(f"{run_dir.eval_dir}: no evaluated seed {'' if seed is None else seed} of run "
-                                f"{name!r} (evaluated: {seeds}); train and evaluate it first (dvc repro)")
-    model, state = load_trained(run_dir.checkpoint(seed))
-    with np.load(run_dir.seed_embeddings(seed)) as z:
+    """One seed of a trained and evaluated run: by MLflow run id (its logged model and results, from the
+    store), or by run name from the workspace's runs/ (the given seed, else the first evaluated)."""
+    name, ref_seed, run_id = resolve_run(cfg, ref)
+    if run_id is not None and ref_seed is not None and seed in (None, ref_seed):
+        seed, files = ref_seed, _store_files(cfg, run_id, ref_seed)
+    else:
+        run_dir = cfg.run_dir(name)
+        seeds = run_dir.evaluated_seeds()
+        seed = seed if seed is not None else ref_seed if ref_seed is not None else (seeds[0] if seeds else None)
+        if seed is None or seed not in seeds:
+            raise FileNotFoundError(f"{run_dir.eval_dir}: no evaluated seed {'' if seed is None else seed} of run "
+                                    f"{name!r} (evaluated: {seeds}); train and evaluate it first (dvc repro)")
+        files = _Files(run_dir.checkpoint(seed), run_dir.seed_embeddings(seed), run_dir.seed_metrics(seed),
+                       run_dir.seed_curves(seed))
+    model, state = load_trained(files.checkpoint)
+    with np.load(files.embeddings) as z:
         emb, labels = z["embeddings"], z["labels"]
     manifest = read_manifest(cfg.data_dir(cfg.runs[name].dataset))
     test = manifest.split("test")
     meta = {k: v for k, v in state.items() if k in ("epoch", "seed", "settings", "config_hash", "code")}
     meta["parameters"] = sum(p.numel() for p in model.parameters())
     return RunView(name, seed, emb, labels, [manifest.image_root / p for p in test["path"]],
-                   json.loads(run_dir.seed_metrics(seed).read_text()),
-                   pd.read_csv(run_dir.seed_curves(seed), dtype={"class": str}), meta)
+                   json.loads(files.metrics.read_text()), pd.read_csv(files.curves, dtype={"class": str}), meta)
 
 
 def nearest_neighbours(emb: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:

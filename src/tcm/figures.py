@@ -18,9 +18,17 @@ from tcm.notebook import draw_utility
 _METADATA = {".png": {"Software": None}, ".pdf": {"CreationDate": None, "Producer": None}}
 
 
+def pdf_twin(png: Path) -> Path:
+    """Where the PDF twin of a report PNG goes: ``<folder>-pdf/`` beside the PNG's folder, so that the
+    PNG folder holds images DVC can render (`dvc plots show` fails on PDFs)."""
+    return png.parent.with_name(png.parent.name + "-pdf") / png.with_suffix(".pdf").name
+
+
 def save(fig: plt.Figure, png: Path) -> Path:
-    """Write ``png`` and a PDF twin beside it; returns the PNG path."""
-    for path in (png, png.with_suffix(".pdf")):
+    """Write ``png`` and its PDF twin (:func:`pdf_twin`); returns the PNG path."""
+    pdf = pdf_twin(png)
+    pdf.parent.mkdir(parents=True, exist_ok=True)
+    for path in (png, pdf):
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=path.suffix[1:], dpi=120, metadata=_METADATA[path.suffix])
     plt.close(fig)
@@ -29,10 +37,11 @@ def save(fig: plt.Figure, png: Path) -> Path:
 
 def utility_pair(without: pd.DataFrame, with_tcm: pd.DataFrame, title: str) -> plt.Figure:
     """Per-class utility vs threshold without and with TCM (the paper's figure 2 style)."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True, layout="constrained")
-    draw_utility(axes[0], without, f"{title} — without TCM")
-    draw_utility(axes[1], with_tcm, f"{title} — with TCM")
-    fig.suptitle("Per-class utility over the calibration range (one line per test class)")
+    # Shared x and y limits: the two panels are compared by eye.
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), sharex=True, sharey=True, layout="constrained")
+    draw_utility(axes[0], without, "without TCM")
+    draw_utility(axes[1], with_tcm, "with TCM")
+    fig.suptitle(f"{title}: per-class utility over the calibration range (one line per test class, shared axes)")
     return fig
 
 
@@ -99,11 +108,11 @@ def training_curves(histories: dict[str, pd.DataFrame]) -> plt.Figure:
 
 def tcm_effect(comparison: pd.DataFrame, differences: pd.DataFrame) -> plt.Figure:
     """Per comparison, the mean paired change with TCM (with - without) of OPIS and of Recall@1
-    (in points), with its 95% t interval as a bar and each seed's change as a dot.
+    (in percentage points), with its 95% t interval as a bar and each seed's change as a dot.
 
-    ``comparison``: the report's comparison table (columns ``comparison``, ``<m> change``,
-    ``<m> change low``, ``<m> change high``); ``differences``: one row per comparison and seed
-    (``comparison``, ``seed``, ``<m> change``)."""
+    ``comparison``: the report's comparison table (columns ``comparison``, ``OPIS change`` and
+    ``R@1 change (pp)``, each also with `` low`` and `` high``); ``differences``: one row per
+    comparison and seed (``comparison``, ``seed``, ``OPIS change``, ``R@1 change (pp)``)."""
     keys = list(comparison["comparison"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 1.2 + 0.45 * len(keys)), sharey=True, layout="constrained",
                              squeeze=False)
@@ -111,9 +120,9 @@ def tcm_effect(comparison: pd.DataFrame, differences: pd.DataFrame) -> plt.Figur
     seeds = sorted(differences["seed"].unique())
     # Small fixed vertical offsets keep seeds apart without random jitter (figures stay deterministic).
     offset = {s: 0.25 * (j - (len(seeds) - 1) / 2) / max(len(seeds) - 1, 1) for j, s in enumerate(seeds)}
-    for ax, (m, scale, label) in zip(axes[0], (("OPIS", 1.0, "OPIS change (lower = more consistent)"),
-                                                ("R@1", 100.0, "Recall@1 change (points)"))):
-        mean, low, high = (comparison[f"{m} change{part}"].to_numpy(float) * scale for part in ("", " low", " high"))
+    for ax, (m, col, label) in zip(axes[0], (("OPIS", "OPIS change", "OPIS change (lower = more consistent)"),
+                                              ("R@1", "R@1 change (pp)", "Recall@1 change (pp)"))):
+        mean, low, high = (comparison[f"{col}{part}"].to_numpy(float) for part in ("", " low", " high"))
         ys, has = np.arange(len(keys)), ~np.isnan(low)
         ax.errorbar(mean[has], ys[has], xerr=[mean[has] - low[has], high[has] - mean[has]], fmt="o", color="black",
                     capsize=4, label="mean, 95% t interval")
@@ -121,7 +130,7 @@ def tcm_effect(comparison: pd.DataFrame, differences: pd.DataFrame) -> plt.Figur
             ax.plot(mean[~has], ys[~has], "o", color="black", mfc="white", label="mean (1 seed: no interval)")
         for s in seeds:
             d = differences[(differences["seed"] == s) & differences["comparison"].isin(y)]
-            ax.scatter(d[f"{m} change"] * scale, [y[k] + offset[s] for k in d["comparison"]], s=14, alpha=0.7,
+            ax.scatter(d[col], [y[k] + offset[s] for k in d["comparison"]], s=14, alpha=0.7,
                        label=f"seed {s}")
         ax.axvline(0, color="grey", lw=1, ls="--")
         ax.set(xlabel=label, title=f"{m}: with - without TCM, paired over seeds")
@@ -152,8 +161,8 @@ def pair_similarities(emb: np.ndarray, labels: np.ndarray, limit: int = 3000) ->
 def similarity_histograms(runs: dict[str, tuple[np.ndarray, np.ndarray]], margins: tuple[float, float],
                           title: str) -> plt.Figure:
     """Positive / negative pair similarity histograms per run, with TCM's margins m+ and m- marked."""
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 3.8), sharey=True, squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 3.8), sharex=True, sharey=True,
+                             squeeze=False, layout="constrained")
     for ax, (label, (emb, y)) in zip(axes[0], runs.items()):
         pos, neg = pair_similarities(emb, y)
         bins = np.linspace(-1, 1, 81)
@@ -168,21 +177,64 @@ def similarity_histograms(runs: dict[str, tuple[np.ndarray, np.ndarray]], margin
 
 def embeddings_2d(runs: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> plt.Figure:
     """Test embeddings in 2-D: as they are when 2-D (the toy), else their first two principal
-    components (fitted on each run's own embeddings)."""
-    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 5), squeeze=False, layout="constrained")
+    components (PCA fitted on each run's own embeddings: the panels share limits, so spreads compare,
+    but each panel's directions are its own run's); the axis labels name the projection and the share
+    of variance each component keeps."""
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 5), sharex=True, sharey=True, squeeze=False,
+                             layout="constrained")
     for ax, (label, (emb, y)) in zip(axes[0], runs.items()):
         x, y = _sample(emb, y, 5000)
-        if x.shape[1] != 2:
+        if x.shape[1] == 2:
+            projection, names = "raw 2-D embeddings", ("embedding dimension 1", "embedding dimension 2")
+        else:
             from sklearn.decomposition import PCA
 
-            x = PCA(n_components=2, random_state=0).fit_transform(x)
-            label += " (PCA)"
+            pca = PCA(n_components=2, random_state=0).fit(x)
+            x = pca.transform(x)
+            projection = f"PCA of the {emb.shape[1]}-D embeddings (fitted per run)"
+            names = tuple(f"PCA component {i + 1} ({100 * v:.0f}% of variance)"
+                          for i, v in enumerate(pca.explained_variance_ratio_))
         classes = np.unique(y)
         cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
-        for i, c in enumerate(classes[:20]):
+        # Classes past the palette are drawn grey rather than dropped, so every sampled point shows.
+        if len(classes) > cmap.N:
+            m = ~np.isin(y, classes[:cmap.N])
+            ax.scatter(x[m, 0], x[m, 1], s=4, alpha=0.3, color="grey", label="other classes", rasterized=True)
+        for i, c in enumerate(classes[:cmap.N]):
             m = y == c
-            ax.scatter(x[m, 0], x[m, 1], s=4, alpha=0.6, color=cmap(i % cmap.N), label=str(c), rasterized=True)
-        ax.set(title=f"{title} — {label}", aspect="equal")
+            ax.scatter(x[m, 0], x[m, 1], s=4, alpha=0.6, color=cmap(i), label=f"class {c}", rasterized=True)
+        ax.set(title=f"{label}: {projection}", xlabel=names[0], ylabel=names[1])
+        # adjustable="box": equal aspect with shared limits (the default "datalim" cannot share both axes).
+        ax.set_aspect("equal", adjustable="box")
         if len(classes) <= 10:
             ax.legend(fontsize=7, markerscale=3, loc="upper right")
+    fig.suptitle(f"{title}: test embeddings in 2-D (shared axes)")
+    return fig
+
+
+def per_seed(per_seed_table: pd.DataFrame, summary: pd.DataFrame, metrics: tuple[str, ...]) -> plt.Figure:
+    """One panel per metric: each evaluated seed of each run as a dot (seaborn strip plot), with the
+    run's mean ± sd over seeds (the summary's numbers) as a black bar; runs without TCM listed first,
+    then runs with TCM, coloured by group."""
+    import seaborn as sns
+
+    done = per_seed_table[per_seed_table["status"] == "done"]
+    tcm = summary.set_index("run")["tcm"].astype(bool)
+    runs = sorted(done["run"].unique(), key=lambda r: (tcm[r], list(tcm.index).index(r)))
+    groups = {False: "without TCM", True: "with TCM"}
+    data = done.assign(group=done["run"].map(tcm).map(groups))
+    stats = summary.set_index("run").loc[runs]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 1.5 + 0.4 * len(runs)), sharey=True,
+                             squeeze=False, layout="constrained")
+    for i, (ax, m) in enumerate(zip(axes[0], metrics)):
+        # jitter=False: seaborn's jitter is random; figures stay byte-identical for unchanged results.
+        sns.stripplot(data=data, x=m, y="run", order=runs, hue="group", hue_order=list(groups.values()),
+                      jitter=False, size=6, alpha=0.7, ax=ax, legend=i == len(metrics) - 1)
+        ys = np.arange(len(runs)) + 0.25  # just below each run's dots, so the bar hides none of them
+        ax.errorbar(stats[f"{m} mean"], ys, xerr=_errors(stats[f"{m} sd"]), fmt="D", ms=4, color="black",
+                    capsize=3, label="mean ± sd")
+        ax.set(title=m, xlabel=m + (" (lower = more consistent)" if "OPIS" in m else ""), ylabel="")
+        ax.xaxis.set_major_locator(MaxNLocator(4))  # long OPIS tick labels overlap at the default density
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.suptitle("Per-seed results: one dot per seed, black = mean ± sd over seeds")
     return fig

@@ -35,14 +35,48 @@ def plot_run_utility(cfg: Config, name: str, seed: int | None = None):
     return run_utility(curves, f"{name} (seed {seed}): per-class utility")
 
 
+# A legend of more classes than this is unreadable: past it only the classes furthest from the
+# overall curve are named (those are the ones threshold consistency is about).
+LEGEND_CLASSES = 12
+NAMED_OUTLIERS = 5
+
+
+def _class_key(c: str) -> tuple:
+    """Numeric class ids in numeric order (2 before 10), other names after them."""
+    return (0, int(c), "") if c.isdigit() else (1, 0, c)
+
+
+def utility_gaps(curves: pd.DataFrame) -> pd.Series:
+    """Per class, the mean |utility - overall utility| over the thresholds of a curves.csv table."""
+    overall = curves[curves["class"] == "overall"].set_index("threshold")["utility"]
+    per = curves[curves["class"] != "overall"]
+    gap = (per["utility"] - per["threshold"].map(overall)).abs()
+    return gap.groupby(per["class"]).mean()
+
+
 def draw_utility(ax: plt.Axes, curves: pd.DataFrame, title: str) -> None:
-    """One thin line per class from a curves.csv table, the pooled curve in bold black."""
-    for _, g in curves[curves["class"] != "overall"].groupby("class"):
-        ax.plot(g["threshold"], g["utility"], lw=1, alpha=0.6)
+    """One thin line per class from a curves.csv table, the pooled curve in bold black. Up to
+    LEGEND_CLASSES classes each get a colour and a legend entry; with more, only the NAMED_OUTLIERS
+    with the largest mean gap to the overall curve do (the legend's title says so), the rest are grey."""
+    per = curves[curves["class"] != "overall"]
+    classes = sorted(per["class"].unique(), key=_class_key)
+    named, note = classes, None
+    if len(classes) > LEGEND_CLASSES:
+        named = sorted(utility_gaps(curves).nlargest(NAMED_OUTLIERS).index, key=_class_key)
+        note = f"named: {len(named)} of {len(classes)} classes,\nlargest mean |gap| to overall"
+        rest = per[~per["class"].isin(named)]
+        for i, (_, g) in enumerate(rest.groupby("class")):
+            ax.plot(g["threshold"], g["utility"], lw=0.7, alpha=0.3, color="grey",
+                    label="other classes" if i == 0 else None)
+    cmap = plt.get_cmap("tab10" if len(named) <= 10 else "tab20")
+    # Colours follow the sorted class ids: with few classes, a class has one colour in both panels of a pair.
+    for i, c in enumerate(named):
+        g = per[per["class"] == c]
+        ax.plot(g["threshold"], g["utility"], lw=1.2, alpha=0.8, color=cmap(i % cmap.N), label=f"class {c}")
     o = curves[curves["class"] == "overall"]
     ax.plot(o["threshold"], o["utility"], color="black", lw=2.5, label="overall")
     ax.set(title=title, xlabel="cosine similarity threshold", ylabel="utility (F-score of TPR, TNR)")
-    ax.legend(loc="lower left")
+    ax.legend(title=note, fontsize=7, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
 
 
 def sample_images(manifest, per_class: int = 8, max_classes: int = 10) -> plt.Figure:
@@ -81,7 +115,7 @@ def plot_history(history: pd.DataFrame, title: str = "") -> plt.Figure:
 
 def run_utility(curves: pd.DataFrame, title: str) -> plt.Figure:
     """Per-class utility vs threshold of one run."""
-    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
     draw_utility(ax, curves, title)
     return fig
 

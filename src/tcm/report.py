@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -32,14 +33,30 @@ PAPER_CLAIMS = {
     "comparisons where TCM lowered OPIS": "16 of 16",
     "largest OPIS reduction": "77.3%",
     "comparisons where TCM raised Recall@1": "14 of 16",
-    "largest Recall@1 gain (points)": "+3.6",
-    "largest Recall@1 drop (points)": "-0.2",
+    "largest Recall@1 gain (pp)": "+3.6",
+    "largest Recall@1 drop (pp)": "-0.2",
 }
 RETRIEVAL = ("MAP@R", "R-precision")
 # Recall@k reported by the paper for each benchmark (its tables follow the literature's convention).
 PAPER_K = {"cub": (1, 2, 4, 8), "cars196": (1, 2, 4, 8), "sop": (1, 10, 100, 1000), "inat2018": (1, 4, 16, 32)}
 CONSISTENCY = ("OPIS", "eps-OPIS")
 SIGNIFICANCE = "significant at 95% (t, paired over seeds)"
+PP = 100.0  # accuracy metrics are fractions; their changes are reported in percentage points
+
+
+def change_column(metric: str) -> str:
+    """The name of a metric's change column (with - without): Recall@k, MAP@R and R-precision change
+    in percentage points, named '(pp)'; OPIS and eps-OPIS in their own unit (their relative change has
+    its own '%' column). Its interval's columns add ' low' and ' high'.
+
+    >>> change_column("R@1"), change_column("OPIS")
+    ('R@1 change (pp)', 'OPIS change')
+    """
+    return f"{metric} change" + ("" if metric in CONSISTENCY else " (pp)")
+
+
+def _scale(metric: str) -> float:
+    return 1.0 if metric in CONSISTENCY else PP
 NEEDS_SEEDS = "intervals need >= 2 seeds"
 
 
@@ -143,15 +160,16 @@ def seed_differences(per_seed: pd.DataFrame, pairs: list[Pair]) -> pd.DataFrame:
             row = {"comparison": p.key, "run (without TCM)": p.without, "run (with TCM)": p.with_tcm, "seed": seed}
             for m in metrics:
                 row.update({f"{m} without": a.at[seed, m], f"{m} with": b.at[seed, m],
-                            f"{m} change": b.at[seed, m] - a.at[seed, m]})
+                            change_column(m): _scale(m) * (b.at[seed, m] - a.at[seed, m])})
             rows.append(row)
     return pd.DataFrame(rows, columns=None if rows else ["comparison", "run (without TCM)", "run (with TCM)", "seed"])
 
 
 def comparison_table(summary: pd.DataFrame, pairs: list[Pair], per_seed: pd.DataFrame) -> pd.DataFrame:
     """Without / with TCM per pair, seed by seed: per metric the means over the common seeds, the mean
-    paired change with its 95% t interval (low, high; NaN with fewer than 2 seeds) and whether the
-    interval excludes 0; OPIS and eps-OPIS also as % of the mean without TCM."""
+    paired change with its 95% t interval (low, high; NaN with fewer than 2 seeds; in percentage points
+    for the accuracy metrics, see :func:`change_column`) and whether the interval excludes 0; OPIS and
+    eps-OPIS also as % of the mean without TCM."""
     by_run = summary.set_index("run")
     metrics = metric_columns(per_seed.columns)
     rows = []
@@ -164,8 +182,9 @@ def comparison_table(summary: pd.DataFrame, pairs: list[Pair], per_seed: pd.Data
             d = paired_difference(a[m], b[m])
             va = float(a[m].mean()) if len(a) else math.nan
             vb = float(b[m].mean()) if len(b) else math.nan
-            row.update({f"{m} without": va, f"{m} with": vb, f"{m} change": d.mean,
-                        f"{m} change low": d.low, f"{m} change high": d.high,
+            c, k = change_column(m), _scale(m)
+            row.update({f"{m} without": va, f"{m} with": vb, c: k * d.mean, f"{c} low": k * d.low,
+                        f"{c} high": k * d.high,
                         # None, not False, where no interval exists: "not significant" would claim a test.
                         f"{m} significant": d.significant if not math.isnan(d.low) else None})
             if m in CONSISTENCY:
@@ -179,7 +198,7 @@ def _significance(done: pd.DataFrame, metric: str, lower_is_claim: bool) -> str:
     tested = done[done["n"] >= 2]
     if tested.empty:
         return NEEDS_SEEDS
-    low, high = tested[f"{metric} change low"], tested[f"{metric} change high"]
+    low, high = tested[f"{change_column(metric)} low"], tested[f"{change_column(metric)} high"]
     claimed, other = (high < 0, low > 0) if lower_is_claim else (low > 0, high < 0)
     text = f"{int(claimed.sum())} of {len(tested)}"
     return text + (f"; {int(other.sum())} significantly the other way" if other.any() else "")
@@ -194,7 +213,7 @@ def _one_significance(row: pd.Series, metric: str) -> str:
 def claims_table(comparison: pd.DataFrame, configured: int) -> pd.DataFrame:
     """The paper's headline figures recomputed from the means of our complete pairs, beside the
     paper's, with how many of the comparisons are significant at 95% (paired t over seeds)."""
-    needed = ["OPIS change %", "R@1 change"]  # absent when no run has results at all
+    needed = ["OPIS change %", change_column("R@1")]  # absent when no run has results at all
     done = comparison[comparison["n"] > 0].dropna(subset=needed) if set(needed) <= set(comparison) else comparison[:0]
     n = len(done)
     if n == 0:
@@ -202,22 +221,22 @@ def claims_table(comparison: pd.DataFrame, configured: int) -> pd.DataFrame:
         sig = dict.fromkeys(PAPER_CLAIMS, "missing")
         seeds = "missing"
     else:
-        gain = 100.0 * done["R@1 change"]
+        gain = done[change_column("R@1")]  # already in pp
         best_opis, best_gain, worst_gain = (done.loc[i] for i in (done["OPIS change %"].idxmin(), gain.idxmax(),
                                                                     gain.idxmin()))
         ours = {
             "comparisons where TCM lowered OPIS": f"{int((done['OPIS change %'] < 0).sum())} of {n}",
             "largest OPIS reduction": f"{-done['OPIS change %'].min():.1f}%",
             "comparisons where TCM raised Recall@1": f"{int((gain > 0).sum())} of {n}",
-            "largest Recall@1 gain (points)": f"{gain.max():+.1f}",
-            "largest Recall@1 drop (points)": f"{gain.min():+.1f}" if (gain < 0).any() else "no drop",
+            "largest Recall@1 gain (pp)": f"{gain.max():+.1f}",
+            "largest Recall@1 drop (pp)": f"{gain.min():+.1f}" if (gain < 0).any() else "no drop",
         }
         sig = {
             "comparisons where TCM lowered OPIS": _significance(done, "OPIS", lower_is_claim=True),
             "largest OPIS reduction": _one_significance(best_opis, "OPIS"),
             "comparisons where TCM raised Recall@1": _significance(done, "R@1", lower_is_claim=False),
-            "largest Recall@1 gain (points)": _one_significance(best_gain, "R@1"),
-            "largest Recall@1 drop (points)": _one_significance(worst_gain, "R@1") if (gain < 0).any() else "",
+            "largest Recall@1 gain (pp)": _one_significance(best_gain, "R@1"),
+            "largest Recall@1 drop (pp)": _one_significance(worst_gain, "R@1") if (gain < 0).any() else "",
         }
         lo, hi = int(done["n"].min()), int(done["n"].max())
         seeds = str(lo) if lo == hi else f"{lo} to {hi}"
@@ -315,10 +334,13 @@ def _pm(mean: float, sd: float) -> str:
 
 
 def _interval(row: pd.Series, m: str) -> str:
-    d, low, high = row[f"{m} change"], row[f"{m} change low"], row[f"{m} change high"]
+    """'change [low, high]' of metric ``m``, in its change column's unit (pp: 2 decimals)."""
+    c = change_column(m)
+    d, low, high = row[c], row[f"{c} low"], row[f"{c} high"]
     if math.isnan(d):
         return "missing"
-    return f"{d:+.4f}" + (f" [{low:+.4f}, {high:+.4f}]" if not math.isnan(low) else " (1 seed: no interval)")
+    f = ".4f" if m in CONSISTENCY else ".2f"
+    return f"{d:+{f}}" + (f" [{low:+{f}}, {high:+{f}}]" if not math.isnan(low) else " (1 seed: no interval)")
 
 
 def _seeds_text(cfg: Config) -> str:
@@ -349,6 +371,8 @@ def _readme(cfg: Config, summary: pd.DataFrame, comparison: pd.DataFrame, claims
         "of the paired differences** (n - 1 degrees of freedom; it assumes roughly normal differences). "
         "A change is *significant* when its interval excludes 0. Intervals need at least 2 seeds; "
         "with fewer they read 'missing'.",
+        "- Units of a change: Recall@k, MAP@R and R-precision in **percentage points** (columns named "
+        "'(pp)'); OPIS and eps-OPIS in their own unit, with the relative change in % ('OPIS change %').",
         "- Seeds not evaluated are shown as missing and never filled in; a run with fewer evaluated seeds "
         "than configured has status 'partial'.", "",
         "## Settings used", "",
@@ -365,7 +389,7 @@ def _readme(cfg: Config, summary: pd.DataFrame, comparison: pd.DataFrame, claims
         "95% interval excludes 0 on the claimed side (N = the comparisons with at least 2 seeds).", "",
         _markdown(claims),
         "| paper's result | our file | from |", "|---|---|---|",
-        "| headline figures (OPIS down in 16/16, up to 77.3%; R@1 up in 14/16, +3.6 / -0.2) | "
+        "| headline figures (OPIS down in 16/16, up to 77.3%; R@1 up in 14/16, +3.6 / -0.2 pp) | "
         "[tables/claims.md](tables/claims.md) | every without/with-TCM pair below |",
         *(f"| results table, {d} | [tables/{d}.md](tables/{d}.md) (also .csv, .tex) | runs on {d} |" for d in datasets),
         "| TCM effect per comparison with 95% intervals | [figures/tcm_effect.png](figures/tcm_effect.png) | "
@@ -381,6 +405,8 @@ def _readme(cfg: Config, summary: pd.DataFrame, comparison: pd.DataFrame, claims
         "pair's first common seed |",
         "| training curves | [figures/training_curves.png](figures/training_curves.png) | `history.csv` of each run "
         "(mean over seeds, band = min to max) |",
+        "| headline metrics seed by seed | [figures/per_seed.png](figures/per_seed.png) | `metrics.json` of "
+        "every evaluated seed ([tables/runs_per_seed.md](tables/runs_per_seed.md)), mean ± sd over seeds |",
         "",
     ]
     if not evaluated.empty:
@@ -390,17 +416,36 @@ def _readme(cfg: Config, summary: pd.DataFrame, comparison: pd.DataFrame, claims
     if not comparison.empty:
         cmp = comparison[["dataset", "backbone", "loss", "n"]].assign(**{
             **{f"{m} without": comparison[f"{m} without"] for m in ("R@1", "OPIS")},
-            "R@1 change [95% CI]": [_interval(r, "R@1") for _, r in comparison.iterrows()],
+            f"{change_column('R@1')} [95% CI]": [_interval(r, "R@1") for _, r in comparison.iterrows()],
             "OPIS change [95% CI]": [_interval(r, "OPIS") for _, r in comparison.iterrows()],
             "OPIS change %": comparison["OPIS change %"]})
         lines += ["## Without vs with TCM (mean paired change, 95% t interval)", "", _markdown(cmp), ""]
     lines += ["## Tables", "", *(f"- [{rel(p)}]({rel(p)})" for p in md_tables), ""]
-    lines += ["## Figures", "", "Each PNG has a PDF twin beside it.", ""]
+    lines += ["## Figures", "", "Each PNG has a PDF twin in `figures-pdf/`.", ""]
     for title, p in made.items():
         lines += [f"### {title}", "", f"![{title}]({rel(p)})", ""]
     lines += ["## Executed notebooks", "",
               "`notebooks/`: the executed copy of every stage's notebook (DVC outputs).", ""]
     return "\n".join(lines)
+
+
+LOSS_PARTS = ("loss", "base_loss", "tcm_loss")
+
+
+def curves_long(histories: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Every run's training curves, mean over seeds, one row per (run, part, epoch): the data of the
+    `dvc plots show` overlay (dvc.yaml, .dvc/plots/runs_overlay.json colours by run, one panel per part).
+
+    >>> h = pd.DataFrame({"seed": [0, 0, 1, 1], "epoch": [1, 2, 1, 2], "loss": [1.0, 0.5, 3.0, 1.5],
+    ...                   "base_loss": [1.0, 0.5, 3.0, 1.5], "tcm_loss": [0.0] * 4})
+    >>> curves_long({"r": h}).query("part == 'loss'")["value"].tolist()
+    [2.0, 1.0]
+    """
+    frames = [h.groupby("epoch", as_index=False)[list(LOSS_PARTS)].mean()
+              .melt(id_vars="epoch", var_name="part", value_name="value").assign(run=name)
+              for name, h in histories.items()]
+    columns = ["run", "part", "epoch", "value"]
+    return pd.concat(frames)[columns].reset_index(drop=True) if frames else pd.DataFrame(columns=columns)
 
 
 def top_metrics(summary: pd.DataFrame) -> dict:
@@ -414,20 +459,36 @@ def top_metrics(summary: pd.DataFrame) -> dict:
     return out
 
 
+def notebook_html(notebook: Path, out_dir: Path) -> Path | None:
+    """An HTML render of an executed notebook (what the MLflow UI can show), or None if it is missing."""
+    if not notebook.is_file():
+        return None
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    html, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+    out = out_dir / notebook.with_suffix(".html").name
+    write_text(out, html)
+    return out
+
+
 def _log_to_mlflow(cfg: Config, tracker: Tracker, reports: Path, owned: dict[str, list[Path]]) -> None:
-    """Attach each run's notebooks, own figures and run.json to the MLflow run of each of its seeds."""
-    for name in cfg.runs:
-        run_dir = cfg.run_dir(name)
-        if not run_dir.info.is_file():
-            continue
-        info = json.loads(run_dir.info.read_text())
-        notebooks = [reports / "notebooks" / f"{stage}-{name}.ipynb" for stage in ("train", "evaluate")]
-        for _seed, seed_info in sorted(info.get("seeds", {}).items(), key=lambda kv: int(kv[0])):
-            run_id = tracker.find_run(name, seed_info["config_hash"])
-            tracker.log_artifacts(run_id, notebooks, "notebooks")
-            tracker.log_artifacts(run_id, owned.get(name, []), "figures")
-            tracker.log_artifacts(run_id, [run_dir.info], "config")
-            tracker.set_stage(run_id, "report")
+    """Attach each run's notebooks (as HTML), own figures and run.json to the MLflow run of each of its seeds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in cfg.runs:
+            run_dir = cfg.run_dir(name)
+            if not run_dir.info.is_file():
+                continue
+            info = json.loads(run_dir.info.read_text())
+            stems = (f"data-{cfg.runs[name].dataset}", f"train-{name}", f"evaluate-{name}")
+            rendered = [notebook_html(reports / "notebooks" / f"{stem}.ipynb", Path(tmp)) for stem in stems]
+            html = [p for p in rendered if p is not None]
+            for _seed, seed_info in sorted(info.get("seeds", {}).items(), key=lambda kv: int(kv[0])):
+                run_id = tracker.find_run(name, seed_info["config_hash"])
+                tracker.log_artifacts(run_id, html, "notebooks")
+                tracker.log_artifacts(run_id, owned.get(name, []), "figures")
+                tracker.log_artifacts(run_id, [run_dir.info], "config")
+                tracker.set_stage(run_id, "report")
 
 
 def run(cfg: Config, tracker: Tracker | None = None) -> dict[str, list[Path]]:
@@ -473,6 +534,9 @@ def run(cfg: Config, tracker: Tracker | None = None) -> dict[str, list[Path]]:
     if not evaluated.empty:
         made["Accuracy vs OPIS, all runs (mean ± sd over seeds)"] = figures.save(
             figures.landscape(evaluated), fig_dir / "opis_vs_recall.png")
+        made["Headline metrics per seed, runs without / with TCM (mean ± sd over seeds)"] = figures.save(
+            figures.per_seed(per_seed, evaluated, tuple(m for m in HEADLINE if m in per_seed)),
+            fig_dir / "per_seed.png")
     if not differences.empty:
         made["TCM effect per comparison (paired over seeds, 95% t intervals)"] = figures.save(
             figures.tcm_effect(comparison[comparison["n"] > 0], differences), fig_dir / "tcm_effect.png")
@@ -480,6 +544,9 @@ def run(cfg: Config, tracker: Tracker | None = None) -> dict[str, list[Path]]:
     if histories:
         made["Training curves (mean over seeds, band = min to max)"] = figures.save(
             figures.training_curves(histories), fig_dir / "training_curves.png")
+    (reports / "plots").mkdir(parents=True, exist_ok=True)
+    with atomic_path(reports / "plots" / "training_curves.csv") as tmp:
+        curves_long(histories).to_csv(tmp, index=False)
 
     write_json(reports / "metrics.json", top_metrics(summary))
     write_text(reports / "README.md", _readme(cfg, summary, comparison, claims, tables, made, reports))

@@ -10,7 +10,7 @@ one sub-folder per seed::
     runs/<run>/train/progress.json       train: which attempt the checkpoints belong to
     runs/<run>/train/seed-<s>/checkpoint.pt
     runs/<run>/metrics.json              evaluate: mean, sd and n over seeds of the headline metrics
-    runs/<run>/eval/seed-<s>/metrics.json, curves.csv
+    runs/<run>/eval/seed-<s>/metrics.json, settings.json, curves.csv
     runs/<run>/embeddings/seed-<s>.npz   evaluate: test embeddings and labels (DVC-cached, not in git)
 """
 
@@ -74,6 +74,9 @@ class RunDir:
 
     def seed_metrics(self, seed: int) -> Path:
         return self.eval_dir / f"seed-{seed}" / "metrics.json"
+
+    def seed_settings(self, seed: int) -> Path:
+        return self.eval_dir / f"seed-{seed}" / "settings.json"
 
     def seed_curves(self, seed: int) -> Path:
         return self.eval_dir / f"seed-{seed}" / "curves.csv"

@@ -83,11 +83,12 @@ def paired_difference(without: Sequence[float], with_tcm: Sequence[float], level
 
 
 def seed_summary(per_seed: Mapping[int, Mapping]) -> dict:
-    """The run-level metrics.json: mean and sd of the headline metrics over the evaluated seeds."""
+    """The run-level metrics.json (a DVC metric): the mean over the evaluated seeds of each headline
+    metric, and their sd under ``sd``. Numbers only, so that `dvc metrics show` stays one narrow row
+    per run (the seeds are in run.json and the per-seed files)."""
     seeds = sorted(per_seed)
     rows = {s: headline(per_seed[s]) for s in seeds}
     spreads = {k: spread([rows[s][k] for s in seeds]) for k in HEADLINE}
     # sd is null (not NaN, which is not JSON) when one seed gives no spread.
-    return {"n_seeds": len(seeds), "seeds": seeds,
-            "mean": {k: v.mean for k, v in spreads.items()},
+    return {**{k: v.mean for k, v in spreads.items()},
             "sd": {k: (None if math.isnan(v.sd) else v.sd) for k, v in spreads.items()}}

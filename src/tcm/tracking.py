@@ -26,8 +26,6 @@ from tcm.config import Config
 from tcm.locks import exclusive
 
 T = TypeVar("T")
-# DVC sets these in every `dvc exp run` (queued or not); the run is tagged with them.
-DVC_TAGS = {"DVC_EXP_NAME": "dvc.exp_name", "DVC_EXP_BASELINE_REV": "dvc.baseline_rev"}
 RETRIES = 8  # busy-store retries, waiting 0.5, 1, 2, ... s (plus SQLite's own 20 s busy timeout each)
 
 _NOTICE_SHOWN = False
@@ -77,9 +75,13 @@ def store_uris(cfg: Config) -> tuple[str, str]:
     return f"sqlite:///{db}", artifacts.as_uri()
 
 
-def dvc_tags() -> dict[str, str]:
-    """The DVC experiment this process runs in, as MLflow tags (none outside `dvc exp run`)."""
-    return {tag: os.environ[var] for var, tag in DVC_TAGS.items() if os.environ.get(var)}
+def dvc_tags(cwd: Path) -> dict[str, str]:
+    """The DVC experiment this process runs in, as MLflow tags: its name ("workspace" under plain
+    `dvc repro`, as `dvc exp show` calls it) and the commit it started from. None outside DVC."""
+    if not os.environ.get("DVC_ROOT"):
+        return {}
+    return {"dvc.exp_name": os.environ.get("DVC_EXP_NAME") or "workspace",
+            "dvc.baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV") or git_commit(cwd).removesuffix("-dirty")}
 
 
 def _busy(e: Exception) -> bool:
@@ -167,11 +169,11 @@ class Tracker:
         if self._live(run_id):
             self.client.update_run(run_id, status="RUNNING")
             self.set_stage(run_id, stage)
-            for key, value in dvc_tags().items():
+            for key, value in dvc_tags(self.cfg.base_dir).items():
                 self.client.set_tag(run_id, key, value)
             return run_id
-        all_tags = {"tcm.run": run_name, "git_commit": git_commit(self.cfg.base_dir), "stage": stage, **dvc_tags(),
-                    **(tags or {})}
+        all_tags = {"tcm.run": run_name, "git_commit": git_commit(self.cfg.base_dir), "stage": stage,
+                    **dvc_tags(self.cfg.base_dir), **(tags or {})}
         title = run_name if seed is None else f"{run_name}-s{seed}"
         run = self.client.create_run(self.experiment_id, run_name=title, tags=all_tags)
         self._known[run.info.run_id] = True

@@ -1,7 +1,8 @@
 """`tcm notebook IN OUT -p NAME VALUE ...`: run a stage notebook with papermill, as dvc.yaml does.
 
-Two things plain `papermill` does not do for a pipeline stage:
+Three things plain `papermill` does not do for a pipeline stage:
 - the kernel's stderr (one line per epoch, progress) streams to the terminal while the cell runs;
+- the executed copy keeps one stream output per cell (not one per progress update);
 - an error the user can fix (a :class:`tcm.errors.TcmError` raised in the notebook: bad data, a
   diverged run, a locked run folder) ends the stage with that one line and exit 2, not with
   papermill's traceback and the notebook's. The executed notebook keeps the full traceback.
@@ -44,8 +45,10 @@ def run_notebook(source: Path, output: Path, parameters: dict[str, str]) -> int:
     from papermill.exceptions import PapermillExecutionError
 
     try:
+        # coalesce_streams: one stderr output per cell in the executed copy, progress bars reduced to
+        # their last state, instead of one output per update.
         papermill.execute_notebook(str(source), str(output), parameters=parameters, kernel_name=KERNEL,
-                                   progress_bar=False, stderr_file=sys.stderr, cwd=None)
+                                   progress_bar=False, stderr_file=sys.stderr, cwd=None, coalesce_streams=True)
     except PapermillExecutionError as e:
         if e.ename in user_error_names():
             print(f"\ntcm: error: {e.evalue} (the executed notebook {output} has the details)", file=sys.stderr)

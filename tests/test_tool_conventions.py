@@ -1,0 +1,98 @@
+"""The pipeline as the tools around it show it (DVC metrics and plots, MLflow, the explore notebook),
+checked on the test pipeline that tests/conftest.py reproduces in a temporary copy."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import E2E_RUNS as RUNS
+from conftest import REPO
+from conftest import run_command as _sh
+
+pytestmark = pytest.mark.e2e
+
+
+def _documented(command: str) -> list[str]:
+    """The README's command line that starts with ``command`` (so the test runs what users are told)."""
+    found = re.findall(rf"^({re.escape(command)}[^\n`]*)$", (REPO / "README.md").read_text(), flags=re.M)
+    assert found, f"the README gives no `{command}` command"
+    return found[0].split("#")[0].split()
+
+
+def test_dvc_metrics_show_fits_a_terminal_and_holds_only_metrics(project: Path) -> None:
+    out = _sh(_documented("dvc metrics show"), project).stdout
+    lines = [line.rstrip() for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1 + len(RUNS), out  # a header and one row per run
+    assert max(map(len, lines)) <= 120, out
+    for run in RUNS:
+        metrics = json.loads((project / f"runs/{run}/metrics.json").read_text())
+        flat = [v for v in (*metrics.values(), *metrics["sd"].values()) if not isinstance(v, dict)]
+        assert all(v is None or isinstance(v, float) for v in flat), metrics  # numbers only
+        settings = json.loads((project / f"runs/{run}/eval/seed-0/settings.json").read_text())
+        assert settings["run"] == run and "recall_k" in settings
+        assert "settings" not in json.loads((project / f"runs/{run}/eval/seed-0/metrics.json").read_text())
+
+
+def test_dvc_plots_render_without_errors(project: Path) -> None:
+    out = _sh(["dvc", "plots", "show", "--json"], project).stdout
+    shown = json.loads(out[out.index("{"):])
+    assert not shown.get("errors"), shown.get("errors")
+    data = shown["data"]
+    curves = data["training curves (mean over seeds)"][0]["content"]["data"]["values"]
+    assert {(v["run"], v["part"]) for v in curves} == {(r, p) for r in RUNS for p in ("loss", "base_loss", "tcm_loss")}
+    images = [k for k, v in data.items() if v[0]["type"] == "image"]
+    assert images and all(k.endswith(".png") for k in images), list(data)
+
+
+def test_mlflow_runs_are_tagged_finished_and_carry_their_own_files(project: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tcm-default")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == len(RUNS) * 2  # one per run and seed
+    head = _sh(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    for r in runs:
+        name, tags = r.data.tags["tcm.run"], r.data.tags
+        assert r.info.status == "FINISHED" and (tags["dvc.exp_name"], tags["dvc.baseline_rev"]) == ("workspace", head)
+        assert "test.opis" in r.data.metrics and "test.threshold_report.target_far" not in r.data.metrics
+        files = {a.path for folder in ("model", "results", "notebooks", "figures")
+                 for a in client.list_artifacts(r.info.run_id, folder)}
+        assert {"model/model.pt", f"results/seed-{tags['tcm.seed']}.npz", "results/curves.csv",
+                f"notebooks/train-{name}.html", f"notebooks/evaluate-{name}.html"} <= files, files
+        figures = {f for f in files if f.startswith("figures/")}
+        assert f"figures/utility_run_{name}.png" in figures
+        # its own figures only: none of another run's, none of the all-runs figures
+        assert not {f"figures/utility_run_{n}.png" for n in RUNS if n != name} & figures, figures
+        assert not figures & {"figures/training_curves.png", "figures/opis_vs_recall.png"}, figures
+
+
+def test_explore_opens_an_mlflow_run_id_without_the_workspace_runs(project: Path, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    work = tmp_path / "project"
+    shutil.copytree(project, work, symlinks=True)
+    shutil.rmtree(work / "runs")
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tcm-default")
+    run_id = next(r.info.run_id for r in client.search_runs([exp.experiment_id]) if r.info.run_name == "digits-ms-s1")
+    out = work / "explore.ipynb"
+    _sh(["tcm", "notebook", "notebooks/explore_run.ipynb", str(out), "-p", "run", run_id], work)
+    outputs = json.dumps([o for c in json.loads(out.read_text())["cells"] if c["cell_type"] == "code"
+                          for o in c.get("outputs", [])])
+    assert outputs.count("image/png") >= 2 and "share_of_opis" in outputs and "'seed': 1," in outputs
+    assert not (work / "runs").exists()
+
+
+def test_executed_notebooks_stay_readable(project: Path) -> None:
+    for run in RUNS:
+        nb = json.loads((project / f"reports/notebooks/train-{run}.ipynb").read_text())
+        for cell in nb["cells"]:
+            streams = [o for o in cell.get("outputs", []) if o["output_type"] == "stream"]
+            assert len(streams) <= 2, [o["text"][:80] for o in streams]  # stdout and stderr at most
+        text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+        assert "epoch 2/2: loss" in text and "\r" not in text  # the epoch lines, not the bars' updates
