@@ -1,5 +1,12 @@
 """The MLflow UI, started on 127.0.0.1 against the pipeline's SQLite store and driven in headless
-Chromium, lists the runs and compares their OPIS and Recall@1. Saves the screenshot the README shows."""
+Chromium, lists the runs and compares their OPIS and Recall@1.
+
+By default it runs on the test pipeline's store and keeps its screenshot in a temporary folder. The
+README's screenshot shows the default's results:
+
+    TCM_UI_STORE=mlflow.db TCM_UI_SCREENSHOT=reports/screenshots/mlflow_compare.png \
+        python -m pytest tests/test_mlflow_ui.py     # after `dvc repro` of the default
+"""
 
 from __future__ import annotations
 
@@ -15,11 +22,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import E2E_RUNS, REPO
+from conftest import E2E_RUNS
 
 pytestmark = pytest.mark.e2e
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-SCREENSHOT = REPO / "reports/screenshots/mlflow_compare.png"
+STORE = os.environ.get("TCM_UI_STORE")  # another store to show (the default's mlflow.db)
+SCREENSHOT = os.environ.get("TCM_UI_SCREENSHOT")  # where to keep the screenshot
 
 
 # Bounds, not expectations: generous so that a machine 5x slower than a quiet one still passes.
@@ -42,8 +50,9 @@ def _post(url: str, payload: dict) -> dict:
 @pytest.fixture(scope="module")
 def mlflow_ui(project: Path):
     port = _free_port()
+    store = Path(STORE).resolve() if STORE else project / "mlflow.db"
     proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri",
-                             f"sqlite:///{project / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port)],
+                             f"sqlite:///{store}", "--host", "127.0.0.1", "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -93,7 +102,7 @@ def _wait_for_text(driver, texts: list[str], seconds: float = RENDER_S) -> str:
         time.sleep(0.5)
 
 
-def test_ui_lists_runs_and_compares_opis_and_recall(mlflow_ui: str, browser) -> None:
+def test_ui_lists_runs_and_compares_opis_and_recall(mlflow_ui: str, browser, tmp_path: Path) -> None:
     exp = _post(mlflow_ui + "/ajax-api/2.0/mlflow/experiments/search", {"max_results": 10})["experiments"]
     exp_id = next(e["experiment_id"] for e in exp if e["name"] == "tcm-default")
     runs = _post(mlflow_ui + "/ajax-api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id]})["runs"]
@@ -119,5 +128,6 @@ def test_ui_lists_runs_and_compares_opis_and_recall(mlflow_ui: str, browser) -> 
     assert recall, "the comparison view shows no test.recall_at_k.1 row"
     details = browser.find_elements("xpath", "//*[normalize-space(text())='Run details']")
     browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", (details or cells)[0])
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    assert browser.save_screenshot(str(SCREENSHOT))
+    shot = Path(SCREENSHOT) if SCREENSHOT else tmp_path / "mlflow_compare.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(shot))

@@ -16,6 +16,8 @@ from conftest import run_command as _sh
 from conftest import tree_digest as _tree_digest
 from conftest import write_params
 
+from tcm.stats import HEADLINE
+
 pytestmark = pytest.mark.e2e
 
 
@@ -90,6 +92,10 @@ def test_changing_one_run_reruns_only_that_run(project: Path) -> None:
     assert len(pd.read_csv(project / "runs/digits-ms-tcm/history.csv")) == 3 * len(SEEDS)
     metrics = _sh(["dvc", "metrics", "show", "--json"], project).stdout
     assert "digits-ms-tcm" in metrics
+    # `dvc metrics diff` lists metrics only: each run's means and sds, no settings.
+    diff = json.loads(_sh(["dvc", "metrics", "diff", "--json"], project).stdout)
+    assert "runs/digits-ms-tcm/metrics.json" in diff and set(diff) <= {f"runs/{r}/metrics.json" for r in RUNS}, diff
+    assert all(set(d) <= {*HEADLINE, *(f"sd.{m}" for m in HEADLINE)} for d in diff.values()), diff
 
 
 @pytest.mark.parametrize(

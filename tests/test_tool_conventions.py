@@ -96,3 +96,15 @@ def test_executed_notebooks_stay_readable(project: Path) -> None:
             assert len(streams) <= 2, [o["text"][:80] for o in streams]  # stdout and stderr at most
         text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
         assert "epoch 2/2: loss" in text and "\r" not in text  # the epoch lines, not the bars' updates
+
+
+def test_fresh_clone_opens_the_committed_default_without_retraining(tmp_path: Path) -> None:
+    """The in-repo DVC remote holds every cached output of the committed default: after `dvc pull`
+    a clone is up to date (nothing to re-run) and `dvc plots show` renders."""
+    clone = tmp_path / "clone"
+    _sh(["git", "clone", "-q", str(REPO), str(clone)], tmp_path)
+    _sh(["dvc", "pull"], clone)
+    assert "Data and pipelines are up to date" in _sh(["dvc", "status"], clone).stdout
+    for run in json.loads((clone / "reports/metrics.json").read_text()):
+        assert list((clone / f"runs/{run}/train").glob("seed-*/checkpoint.pt"))
+        assert list((clone / f"runs/{run}/embeddings").glob("seed-*.npz"))
