@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -93,3 +95,107 @@ def test_structure_signature_tracks_what_a_checkpoint_needs() -> None:
     assert a != structure_signature(build_model(ModelConfig(backbone="small_cnn", embedding_dim=16)))
     assert a != structure_signature(build_model(ModelConfig(backbone="small_cnn", embedding_dim=8,
                                                             head_layernorm=True)))
+
+
+# ViT-B/16 with timm's ImageNet-21k weights (`weights: imagenet21k`). A real ViT-B/16 is built (random
+# init, a few seconds on CPU); its weights come from a file written here, never from the network.
+IN21K = dict(backbone="vit_b_16", weights="imagenet21k", embedding_dim=16)
+
+
+@pytest.fixture(scope="module")
+def in21k_file(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
+    """What the hub serves: timm's state_dict of vit_base_patch16_224.augreg_in21k, 21k classifier
+    included, as model.safetensors."""
+    import timm
+    from safetensors.torch import save_file
+
+    from tcm.models import TIMM_IN21K_MODEL
+
+    torch.manual_seed(1)
+    state = timm.create_model(TIMM_IN21K_MODEL, pretrained=False).state_dict()
+    assert state["head.weight"].shape == (21843, 768)
+    path = tmp_path_factory.mktemp("hub") / "model.safetensors"
+    save_file(state, path)
+    return path, state
+
+
+def test_imagenet21k_is_timms_vit_base_with_the_cls_token_as_features() -> None:
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(**IN21K)).eval()
+    net = model.backbone
+    assert isinstance(net, VisionTransformer) and isinstance(net.head, nn.Identity)
+    assert (net.embed_dim, len(net.blocks), net.patch_embed.patch_size, net.global_pool) == (768, 12, (16, 16), "token")
+    assert model.head.in_features == 768 and model.head.out_features == 16
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        emb = model(x)
+        cls = net.forward_features(x)[:, 0]  # final LayerNorm'd CLS token, as RS@k's ViTB16.forward
+        torch.testing.assert_close(net(x), cls)
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(2))
+    # another architecture than torchvision's vit_b_16 (conv_proj, encoder.layers ...): its own state keys
+    assert "backbone.cls_token" in model.state_dict() and "backbone.conv_proj.weight" not in model.state_dict()
+    # what tcm.checkpoint.load_trained does: the same config without weights rebuilds the same module
+    again = build_model(ModelConfig(**IN21K))
+    assert structure_signature(again) == structure_signature(model)
+    again.load_state_dict(model.state_dict())
+
+
+def test_imagenet21k_weights_load_from_weights_path_and_from_the_hub(in21k_file, monkeypatch) -> None:
+    import huggingface_hub
+
+    path, state = in21k_file
+    torch.manual_seed(2)  # a random init other than the file's
+    loaded = build_model(ModelConfig(**IN21K, weights_path=path))
+    got = loaded.backbone.state_dict()
+    assert set(got) == {k for k in state if not k.startswith("head.")}  # the 21k classifier is dropped
+    for k, v in got.items():
+        assert torch.equal(v, state[k]), k
+
+    asked = []
+
+    def hub(repo_id: str, filename: str, **kwargs) -> str:  # the hub's cache, without the network
+        asked.append((repo_id, filename))
+        return str(path)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub)
+    from_hub = build_model(ModelConfig(**IN21K, pretrained=True))
+    assert asked == [("timm/vit_base_patch16_224.augreg_in21k", "model.safetensors")]
+    assert all(torch.equal(v, state[k]) for k, v in from_hub.backbone.state_dict().items())
+
+
+def test_imagenet21k_offline_error_names_the_file_and_where_to_set_it(monkeypatch, tmp_path) -> None:
+    import huggingface_hub
+
+    def offline(*a, **k):
+        raise OSError("We couldn't connect to 'https://huggingface.co'.\nCheck your connection.")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(WeightsError) as info:
+        build_model(ModelConfig(**IN21K, pretrained=True))
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert "timm/vit_base_patch16_224.augreg_in21k" in msg and "model.safetensors" in msg
+    assert "https://huggingface.co/timm/vit_base_patch16_224.augreg_in21k/resolve/main/model.safetensors" in msg
+    assert "model.weights_path" in msg and "couldn't connect" in msg
+    missing = tmp_path / "in21k.safetensors"
+    with pytest.raises(WeightsError, match=rf"{missing} does not exist.*timm/vit_base_patch16_224.augreg_in21k"):
+        build_model(ModelConfig(**IN21K, weights_path=missing))
+    # a torchvision-layout file is refused with the keys that differ
+    wrong = tmp_path / "torchvision.pth"
+    torch.save({"conv_proj.weight": torch.zeros(768, 3, 16, 16)}, wrong)
+    with pytest.raises(WeightsError, match=r"do not match.*missing \['cls_token'"):
+        build_model(ModelConfig(**IN21K, weights_path=wrong))
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a safetensors file")
+    with pytest.raises(WeightsError, match=rf"{broken} is not a readable state_dict.*fetch https://huggingface.co/"):
+        build_model(ModelConfig(**IN21K, weights_path=broken))
+
+
+def test_imagenet21k_is_for_vit_b_16_only_and_imagenet1k_stays_torchvision() -> None:
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    with pytest.raises(ValueError, match="vit_b_16 only"):  # pydantic's ValidationError
+        ModelConfig(backbone="resnet50", weights="imagenet21k")
+    assert isinstance(build_model(ModelConfig(backbone="vit_b_16")).backbone, VisionTransformer)

@@ -163,9 +163,11 @@ def test_step_schedule_matches_multistep_lr_per_epoch(tmp_path, digits_dir) -> N
     sched = train.make_scheduler(cfg.run("r"), ours, steps_per_epoch=3)
     theirs = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     ref = torch.optim.lr_scheduler.MultiStepLR(theirs, milestones=[2, 4], gamma=0.3)
-    for _epoch in range(5):
-        for _ in range(3):
-            assert ours.param_groups[0]["lr"] == pytest.approx(theirs.param_groups[0]["lr"])
+    # Epochs of different lengths (RS@k's sampler): the schedule follows epochs, not steps / 3.
+    for epoch, steps in enumerate((3, 5, 2, 4, 1), start=1):
+        train.set_epoch(sched, epoch)
+        for _ in range(steps):
+            assert ours.param_groups[0]["lr"] == pytest.approx(theirs.param_groups[0]["lr"]), epoch
             ours.step()
             sched.step()
         theirs.step()

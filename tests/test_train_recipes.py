@@ -23,10 +23,12 @@ def test_recipe_validates(key: str) -> None:
     for field in ("lr", "weight_decay", "lr_gamma"):  # YAML reads 5e-05 (no dot) as a string
         for source in (raw["runs"][key]["train"], raw["run_defaults"]["train"]):
             assert not isinstance(source.get(field, 0.0), str), field
+    # "<dataset>/<backbone>/<loss>" or, for a named alternative, "<dataset>/<backbone>/<loss>@<variant>"
+    run_name = key.replace("/", "-").replace("@", ".")  # a valid run name
     params = {"datasets": {name: {"source": source} for name, source in BENCHMARKS.items()},
-              "run_defaults": raw["run_defaults"], "runs": {key.replace("/", "-"): raw["runs"][key]}}
-    run = parse_config(params, source=str(RECIPES)).run(key.replace("/", "-"))
-    dataset, backbone, loss = key.split("/")
+              "run_defaults": raw["run_defaults"], "runs": {run_name: raw["runs"][key]}}
+    run = parse_config(params, source=str(RECIPES)).run(run_name)
+    dataset, backbone, loss = key.split("@")[0].split("/")
     assert (run.dataset, run.model.backbone, run.loss.name) == (dataset, backbone, loss)
     t = run.train
     assert run.model.embedding_dim == 512 and t.m_per_class == 4

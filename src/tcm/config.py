@@ -86,6 +86,9 @@ class DatasetConfig(_Strict):
     root: Path | None = None
     # Open-world split for digits/MNIST: these classes train, the rest test.
     train_classes: list[Annotated[int, Strict()]] | None = None
+    # Closed-set split for digits/MNIST instead (the toy): every class trains, and this share of each
+    # class's images (a fixed draw) is held out as the test split.
+    closed_set_test_share: float | None = Field(None, gt=0.0, lt=1.0)
     # Train: RandomResizedCrop(image_size, scale=crop_scale) (+ flip); test: Resize(resize) + CenterCrop.
     image_size: PositiveInt = 224
     resize: PositiveInt = 256
@@ -116,9 +119,14 @@ class DatasetConfig(_Strict):
             raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, but got {list(self.crop_scale)}")
         if self.resize < self.image_size:
             raise ValueError(f"resize ({self.resize}) must be >= image_size ({self.image_size})")
-        if self.source in ("sklearn_digits", "mnist"):
+        if self.closed_set_test_share is not None:
+            if self.source not in ("sklearn_digits", "mnist") or self.train_classes is not None:
+                raise ValueError("closed_set_test_share applies to sources sklearn_digits and mnist, in place of "
+                                 f"train_classes (got source '{self.source}', train_classes {self.train_classes})")
+        elif self.source in ("sklearn_digits", "mnist"):
             if not self.train_classes:
-                raise ValueError(f"train_classes is required for source '{self.source}' (e.g. [0, 1, 2, 3, 4])")
+                raise ValueError(f"train_classes (open world) or closed_set_test_share (closed set) is required "
+                                 f"for source '{self.source}' (e.g. train_classes: [0, 1, 2, 3, 4])")
             bad = [c for c in self.train_classes if not 0 <= c <= 9]
             if bad or len(set(self.train_classes)) >= 10:
                 raise ValueError(f"train_classes must be a proper subset of 0..9, but got {self.train_classes}")
@@ -136,6 +144,15 @@ class ModelConfig(_Strict):
     pooling: Literal["avg", "gem"] = "avg"
     # LayerNorm between backbone and linear head (RS@k's netlib.py does this for ResNet-50 and ViT).
     head_layernorm: bool = False
+    # Which pretrained weights `pretrained`/`weights_path` mean: ImageNet-1k (torchvision's), or for
+    # vit_b_16 ImageNet-21k through timm, as RS@k's code trains its ViT (see docs/recipes.md).
+    weights: Literal["imagenet1k", "imagenet21k"] = "imagenet1k"
+
+    @model_validator(mode="after")
+    def _weights(self) -> ModelConfig:
+        if self.weights == "imagenet21k" and self.backbone != "vit_b_16":
+            raise ValueError(f"weights 'imagenet21k' is offered for backbone vit_b_16 only, not {self.backbone!r}")
+        return self
 
 
 class LossConfig(_Strict):
@@ -199,6 +216,11 @@ class TrainConfig(_Strict):
     m_per_class: PositiveInt = 4  # images per class in each batch
     # Images drawn per epoch by the m-per-class sampler; null = the size of the train split.
     samples_per_epoch: PositiveInt | None = None
+    # m_per_class: pytorch-metric-learning's MPerClassSampler, samples_per_epoch images per epoch.
+    # rsk: RS@k's epoch: each batch holds distinct classes with m_per_class unused images each, images are
+    # used without replacement, and the epoch ends when no such batch can be formed (classes with fewer
+    # than m_per_class images never train). samples_per_epoch does not apply.
+    sampler: Literal["m_per_class", "rsk"] = "m_per_class"
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: PositiveFloat = 1e-4
     weight_decay: NonNegativeFloat = 0.0
@@ -364,6 +386,8 @@ def known_train_classes(ds: DatasetConfig) -> int | None:
     writing anything."""
     if ds.train_classes is not None:
         return len(set(ds.train_classes))
+    if ds.closed_set_test_share is not None:
+        return 10
     if ds.synthetic is not None:
         return ds.synthetic.n_classes // 2
     return None

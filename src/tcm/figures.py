@@ -204,6 +204,11 @@ def embeddings_2d(runs: dict[str, tuple[np.ndarray, np.ndarray]], title: str) ->
             m = y == c
             ax.scatter(x[m, 0], x[m, 1], s=4, alpha=0.6, color=cmap(i), label=f"class {c}", rasterized=True)
         ax.set(title=f"{label}: {projection}", xlabel=names[0], ylabel=names[1])
+        if emb.shape[1] == 2:
+            # The toy's embeddings are L2-normalised: draw the whole unit circle at fixed limits, so how
+            # the classes share it shows (a collapsed run is one short arc, not a stretched strip).
+            ax.add_patch(plt.Circle((0, 0), 1.0, fill=False, color="0.75", lw=1))
+            ax.set(xlim=(-1.15, 1.15), ylim=(-1.15, 1.15))
         # adjustable="box": equal aspect with shared limits (the default "datalim" cannot share both axes).
         ax.set_aspect("equal", adjustable="box")
         if len(classes) <= 10:

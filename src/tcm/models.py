@@ -1,4 +1,4 @@
-"""Backbones (torchvision) + a linear embedding head with L2 normalisation.
+"""Backbones (torchvision; timm for ViT-B/16 ImageNet-21k) + a linear embedding head with L2 normalisation.
 
 A plain dict from name to constructor (timm style) instead of a framework.
 """
@@ -62,6 +62,15 @@ def _vit_b_16() -> tuple[nn.Module, int]:
     return net, dim
 
 
+def _vit_b_16_in21k() -> tuple[nn.Module, int]:
+    """timm's ViT-B/16 (weights: imagenet21k) without classifier: it returns the final-LayerNorm'd CLS
+    token, as RS@k's ViTB16.forward does (its pre_logits is the identity for these weights)."""
+    import timm
+
+    net = timm.create_model(TIMM_IN21K_MODEL, pretrained=False, num_classes=0)
+    return net, net.num_features
+
+
 def _vit_tiny() -> tuple[nn.Module, int]:
     """A 2-layer ViT on 32 px images: stands in for ViT-B/16 where the `smoke` profile runs the
     paper's matrix on CPU in minutes (same torchvision class, so the same code path)."""
@@ -80,6 +89,18 @@ BACKBONES: dict[str, Callable[[], tuple[nn.Module, int]]] = {
 }
 # torchvision's ImageNet weights for each backbone (downloaded into the torch hub cache when online).
 TORCHVISION_WEIGHTS = {"resnet50": "ResNet50_Weights.IMAGENET1K_V2", "vit_b_16": "ViT_B_16_Weights.IMAGENET1K_V1"}
+
+# `weights: imagenet21k` (vit_b_16 only): the timm model RS@k starts its ViT-B/16 from. RS@k's netlib.py
+# (yash0307/RecallatK_surrogate, src/netlib.py L59) calls timm.create_model('vit_base_patch16_224_in21k',
+# pretrained=True) with timm==0.4.12 (its requirements.txt L97). In timm 0.4.12 that name loads Google's
+# AugReg ImageNet-21k checkpoint B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz
+# (timm v0.4.12 timm/models/vision_transformer.py L118-120; no pre-logits layer, L720-729), not the original
+# ViT paper's in21k weights (jx_vit_base_patch16_224_in21k-e5005f0a.pth, up to timm 0.4.9; timm commit
+# b319eb5b switched the name to AugReg in June 2021). timm 1.0 serves the same checkpoint (same URL in its
+# pretrained config) as `vit_base_patch16_224.augreg_in21k`, and its deprecation table maps the old name to
+# it; `.orig_in21k` is the original-paper checkpoint. See docs/recipes.md, "Pretrained weights".
+TIMM_IN21K_MODEL = "vit_base_patch16_224.augreg_in21k"
+TIMM_IN21K_HUB = ("timm/vit_base_patch16_224.augreg_in21k", "model.safetensors")  # Hugging Face repo id, file
 
 
 def _load_pretrained(name: str, backbone: nn.Module, cfg: ModelConfig) -> None:
@@ -112,14 +133,60 @@ def _load_pretrained(name: str, backbone: nn.Module, cfg: ModelConfig) -> None:
                            f"unexpected {unexpected[:5]}")
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())[:300]
+
+
+def _load_in21k(backbone: nn.Module, cfg: ModelConfig) -> None:
+    """timm's ImageNet-21k ViT-B/16 weights from model.weights_path (a timm state_dict: .safetensors or a
+    torch file), else from the Hugging Face hub (its cache when offline)."""
+    from timm.models import load_state_dict
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    repo, filename = TIMM_IN21K_HUB
+    url = f"https://huggingface.co/{repo}/resolve/main/{filename}"
+    if cfg.weights_path is not None:
+        path = Path(cfg.weights_path)
+        if not path.is_file():
+            raise WeightsError(f"model.weights_path: {path} does not exist; download {filename} of the Hugging "
+                               f"Face repo {repo} ({url}) and save it there")
+    else:
+        import huggingface_hub
+
+        try:
+            path = Path(huggingface_hub.hf_hub_download(repo_id=repo, filename=filename))
+        except Exception as e:  # offline and not cached, proxy, hub down ...
+            raise WeightsError(f"model.pretrained: could not download {filename} of the Hugging Face repo {repo} "
+                               f"({_one_line(e)}); fetch {url} on a machine with internet and set "
+                               "model.weights_path to the file") from None
+    try:
+        state = load_state_dict(str(path), weights_only=True)
+    except Exception as e:
+        where = "model.weights_path: " if cfg.weights_path is not None else "Hugging Face cache: "
+        raise WeightsError(f"{where}{path} is not a readable state_dict ({_one_line(e)}); fetch {url} again") from None
+    # timm's own conversion of older ViT checkpoints (drops pre_logits, resamples position embeddings);
+    # the 21k classifier is replaced by the embedding head.
+    state = {k: v for k, v in checkpoint_filter_fn(state, backbone).items() if not k.startswith("head.")}
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise WeightsError(f"weights for vit_b_16 (imagenet21k, timm {TIMM_IN21K_MODEL}) do not match the "
+                           f"backbone: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
 class EmbeddingNet(nn.Module):
     """backbone -> linear -> L2-normalised embedding."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.backbone, dim = BACKBONES[cfg.backbone]()
+        # `weights` picks the architecture too (timm's ViT for imagenet21k), also without loading any, so
+        # that a checkpoint rebuilds the same module (tcm.checkpoint.load_trained).
+        in21k = cfg.weights == "imagenet21k"  # config.py allows it for vit_b_16 only
+        self.backbone, dim = _vit_b_16_in21k() if in21k else BACKBONES[cfg.backbone]()
         if cfg.pretrained or cfg.weights_path is not None:
-            _load_pretrained(cfg.backbone, self.backbone, cfg)
+            if in21k:
+                _load_in21k(self.backbone, cfg)
+            else:
+                _load_pretrained(cfg.backbone, self.backbone, cfg)
         if cfg.pooling == "gem":
             if not hasattr(self.backbone, "avgpool"):
                 raise ValueError(f"model.pooling: 'gem' needs a CNN backbone with global pooling (resnet50), "

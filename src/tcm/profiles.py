@@ -58,6 +58,8 @@ def expand_matrix(matrix: dict[str, Any], base_dir: Path, source: str) -> dict[s
         # Without a recipe for this combination the run takes the profile's run_defaults.
         recipe = recipes.get(f"{dataset}/{backbone}/{loss}", {})
         stand_in = (matrix.get("stand_ins") or {}).get(backbone, backbone)
+        if stand_in != backbone:  # the slot's pretrained weights belong to the backbone it stands in for
+            recipe = {**recipe, "model": {k: v for k, v in (recipe.get("model") or {}).items() if k != "weights"}}
         run = deep_merge(recipe, {"dataset": dataset, "model": {"backbone": stand_in}, "loss": {"name": loss},
                                   "tcm": {"enabled": bool(tcm)}})
         if batch is not None:

@@ -126,8 +126,31 @@ def run_summary(cfg: Config, per_seed: pd.DataFrame | None = None) -> pd.DataFra
         for m in metrics:
             s = spread(done[m].dropna()) if n else spread([])
             row[f"{m} mean"], row[f"{m} sd"] = s.mean, s.sd
+        learned = _learned(cfg, name, row.get("R@1 mean", math.nan)) if n else None
+        row["learned"] = {True: "yes", False: "did not learn", None: "unknown"}[learned]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def chance_bound(num_classes: int, num_queries: int) -> float:
+    """Recall@1 two standard errors above chance (1 / number of test classes; binomial error over the
+    queries): a run at or below it did not learn an embedding of its test classes.
+
+    >>> round(chance_bound(5, 896), 3)
+    0.227
+    """
+    p = 1.0 / num_classes
+    return p + 2.0 * math.sqrt(p * (1.0 - p) / num_queries)
+
+
+def _learned(cfg: Config, name: str, recall1: float) -> bool | None:
+    """Whether the run's mean Recall@1 is clearly above chance (:func:`chance_bound`); None if unknown."""
+    seeds = evaluated_seeds(cfg, name)
+    path = cfg.run_dir(name).seed_settings(seeds[0]) if seeds else None
+    if path is None or not path.is_file() or math.isnan(recall1):
+        return None
+    settings = json.loads(path.read_text())
+    return bool(recall1 > chance_bound(int(settings["num_classes"]), int(settings["num_images"])))
 
 
 def find_pairs(cfg: Config) -> list[Pair]:
@@ -176,8 +199,12 @@ def comparison_table(summary: pd.DataFrame, pairs: list[Pair], per_seed: pd.Data
     for p in pairs:
         a, b = _paired(per_seed, p)
         info = by_run.loc[p.without]
+        learned = [by_run.loc[r, "learned"] for r in (p.without, p.with_tcm)]
         row = {"comparison": p.key, "dataset": info["dataset"], "backbone": info["backbone"], "loss": info["loss"],
-               "run (without TCM)": p.without, "run (with TCM)": p.with_tcm, "seeds": _seed_list(a.index), "n": len(a)}
+               "run (without TCM)": p.without, "run (with TCM)": p.with_tcm, "seeds": _seed_list(a.index), "n": len(a),
+               # A pair where a run stayed at chance compares collapsed embeddings: shown, never counted.
+               "learned": "did not learn" if "did not learn" in learned else "yes" if learned == ["yes"] * 2
+               else "unknown"}
         for m in metrics:
             d = paired_difference(a[m], b[m])
             va = float(a[m].mean()) if len(a) else math.nan
@@ -215,6 +242,8 @@ def claims_table(comparison: pd.DataFrame, configured: int) -> pd.DataFrame:
     paper's, with how many of the comparisons are significant at 95% (paired t over seeds)."""
     needed = ["OPIS change %", change_column("R@1")]  # absent when no run has results at all
     done = comparison[comparison["n"] > 0].dropna(subset=needed) if set(needed) <= set(comparison) else comparison[:0]
+    excluded = int((done["learned"] == "did not learn").sum()) if "learned" in done else 0
+    done = done[done["learned"] != "did not learn"] if "learned" in done else done
     n = len(done)
     if n == 0:
         ours = dict.fromkeys(PAPER_CLAIMS, "missing")
@@ -242,7 +271,9 @@ def claims_table(comparison: pd.DataFrame, configured: int) -> pd.DataFrame:
         seeds = str(lo) if lo == hi else f"{lo} to {hi}"
     return pd.DataFrame({"claim": list(PAPER_CLAIMS), "paper": list(PAPER_CLAIMS.values()),
                          "ours": [ours[c] for c in PAPER_CLAIMS], SIGNIFICANCE: [sig[c] for c in PAPER_CLAIMS],
-                         "comparisons": f"{n} complete of {configured} configured", "seeds per comparison": seeds})
+                         "comparisons": f"{n} complete of {configured} configured"
+                                        + (f"; {excluded} left out: did not learn (R@1 at chance)" if excluded else ""),
+                         "seeds per comparison": seeds})
 
 
 def _markdown(df: pd.DataFrame) -> str:

@@ -1,7 +1,8 @@
 """Training: ``run(cfg, name)`` trains one run of params.yaml once per seed of ``train.seeds``
 and writes ``runs/<name>/`` (see :mod:`tcm.runfiles`): a checkpoint per seed, history.csv, run.json.
 
-The loop reads top to bottom: m-per-class batches -> embeddings -> base loss + TCM -> step.
+The loop reads top to bottom: m-per-class batches (or RS@k's epoch, :mod:`tcm.samplers`) -> embeddings
+-> base loss + TCM -> step.
 A checkpoint is written atomically after every epoch. Calling ``run`` again after an interruption
 resumes the interrupted attempt when the settings and the training code are unchanged (seeds already
 finished are kept; the interrupted one continues from its last epoch and draws exactly the batches
@@ -9,7 +10,8 @@ an uninterrupted run would, seeded per epoch, so the result is bit-identical on 
 (a finished run, other settings, other code) trains from scratch, with a one-line notice.
 
 Under ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel; each process
-draws its own m-per-class batch of batch_size / world_size images (seeded by its rank) and rank 0
+draws its own batch of batch_size / world_size images (m-per-class: seeded by its rank; RS@k's epoch:
+its share of one shared plan) and rank 0
 alone writes checkpoints, history and MLflow.
 
 Large batches (RS@k and Smooth-AP use 4000) fit in memory with ``train.chunk_size``: see
@@ -49,6 +51,7 @@ from tcm.locks import exclusive
 from tcm.losses import Criterion, build_criterion
 from tcm.models import build_model, structure_signature
 from tcm.runfiles import CheckpointError, RunDir
+from tcm.samplers import RskSampler
 from tcm.tracking import Tracker
 
 
@@ -144,9 +147,28 @@ def _m_per_class_sampler(labels: np.ndarray, m: int, batch_size: int, length: in
     return sampler
 
 
+def _rsk_sampler(labels: np.ndarray, m: int, batch_size: int, world_size: int, name: str) -> RskSampler:
+    """RS@k's epoch over the global batch; classes with fewer than m images are never drawn (one notice)."""
+    # make_loader is given world_size only: the rank as `distributed` reads it.
+    rank = int(os.environ.get("RANK", "0")) if world_size > 1 else 0
+    usable = int((np.unique(labels, return_counts=True)[1] >= m).sum())
+    if usable < batch_size // m:
+        raise ConfigError(
+            f"runs.{name}.train.batch_size: {batch_size} needs {batch_size // m} train classes with at least "
+            f"m_per_class={m} images for sampler 'rsk', but the train split has {usable}; lower batch_size")
+    sampler = RskSampler(labels, m, batch_size, rank=rank, world_size=world_size)
+    if sampler.small_classes and rank == 0:
+        print(f"tcm: runs.{name}: train classes with fewer than m_per_class={m} images, never drawn by sampler "
+              f"'rsk' (as in RS@k's code): {sampler.small_classes} of {len(sampler.sizes)}", file=sys.stderr)
+    return sampler
+
+
 def make_loader(dataset: ManifestDataset, run: RunConfig, name: str, device: torch.device,
                 world_size: int = 1) -> DataLoader:
-    """m-per-class batches of batch_size / world_size images for this process."""
+    """Batches of batch_size / world_size images for this process, m_per_class images per class:
+    pytorch-metric-learning's m-per-class sampler (``train.sampler: m_per_class``, samples_per_epoch
+    images per epoch), or RS@k's epoch (``rsk``, :class:`tcm.samplers.RskSampler`: every process plans
+    the same global epoch and takes its own classes of each batch)."""
     t = run.train
     if t.batch_size % (world_size * t.m_per_class):
         raise ConfigError(f"runs.{name}.train.batch_size: {t.batch_size} must split into {world_size} processes "
@@ -158,8 +180,11 @@ def make_loader(dataset: ManifestDataset, run: RunConfig, name: str, device: tor
             f"runs.{name}.train.batch_size: {t.batch_size} needs at least {batch // t.m_per_class} train classes "
             f"at m_per_class={t.m_per_class}, but the train split has {n_classes}; "
             "lower batch_size or raise m_per_class")
-    length = (t.samples_per_epoch or len(dataset)) // world_size
-    sampler = _m_per_class_sampler(dataset.labels, t.m_per_class, batch, max(length, batch))
+    if t.sampler == "rsk":
+        sampler = _rsk_sampler(dataset.labels, t.m_per_class, t.batch_size, world_size, name)
+    else:
+        length = (t.samples_per_epoch or len(dataset)) // world_size
+        sampler = _m_per_class_sampler(dataset.labels, t.m_per_class, batch, max(length, batch))
     return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True, num_workers=t.num_workers,
                       # Workers are started anew each epoch, seeded from the per-epoch seed: persistent
                       # workers would carry their random state across epochs, so a resumed run would
@@ -185,10 +210,25 @@ def make_scheduler(run: RunConfig, optimizer: torch.optim.Optimizer, steps_per_e
     if t.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t.epochs * steps_per_epoch)
     if t.schedule == "step":
-        milestones, gamma = list(t.lr_milestones), t.lr_gamma
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: gamma ** sum(m <= s // steps_per_epoch for m in milestones))
+        # Counted in epochs, not in steps / steps_per_epoch: RS@k's epochs vary in length (tcm.samplers).
+        # The training loop sets the epoch at each epoch's start (set_epoch).
+        milestones, gamma, clock = list(t.lr_milestones), t.lr_gamma, [1]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda _: gamma ** sum(m < clock[0] for m in milestones))
+        scheduler.epoch_clock = clock
+        return scheduler
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def set_epoch(scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int) -> None:
+    """Start ``epoch`` (1-based) of an epoch-counted schedule: its learning rate applies from the
+    epoch's first step. A no-op for the per-step schedules."""
+    clock = getattr(scheduler, "epoch_clock", None)
+    if clock is None:
+        return
+    clock[0] = epoch
+    for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
 
 
 def _bn_buffers(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -541,6 +581,7 @@ def _epochs(a: _Attempt, seed: int, parts: _Parts, model: nn.Module, raw_model: 
     for epoch in range(start_epoch, t.epochs + 1):
         # Seeding per epoch makes a resumed run draw exactly the batches an uninterrupted one would.
         seed_everything(epoch_seed(seed, epoch, d.rank))
+        set_epoch(parts.scheduler, epoch)
         model.train()
         frozen = backbone_params if epoch <= t.warmup_epochs else ()
         sums = {"loss": 0.0, "base_loss": 0.0, "tcm_loss": 0.0}

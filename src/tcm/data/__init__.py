@@ -38,7 +38,7 @@ def _prepare_embedded(cfg: DatasetConfig, out_dir: Path) -> Path:
         from tcm.data.mnist import prepare_mnist
 
         table, used = prepare_mnist(cfg, staging)
-    write_manifest(staging, table, image_root=".", source=used)
+    write_manifest(staging, table, image_root=".", source=used, closed_set=cfg.closed_set_test_share is not None)
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
     return out_dir / "manifest.csv"

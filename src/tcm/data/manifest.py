@@ -32,8 +32,9 @@ class Manifest:
         return self.table[self.table["split"] == split].reset_index(drop=True)
 
 
-def check_table(table: pd.DataFrame, where: str) -> None:
-    """Open-world manifests: known columns and splits, integer labels, no class in both splits."""
+def check_table(table: pd.DataFrame, where: str, closed_set: bool = False) -> None:
+    """Known columns and splits, integer labels, and (open world, unless ``closed_set``) no class in
+    both splits."""
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
         raise DataError(f"{where}: missing columns {missing}; expected {list(COLUMNS)}")
@@ -43,21 +44,24 @@ def check_table(table: pd.DataFrame, where: str) -> None:
     if not pd.api.types.is_integer_dtype(table["label"]):
         raise DataError(f"{where}: column 'label' must hold integers, but has dtype {table['label'].dtype}")
     overlap = set(table.loc[table.split == "train", "label"]) & set(table.loc[table.split == "test", "label"])
-    if overlap:
+    if overlap and not closed_set:
         raise DataError(f"{where}: {len(overlap)} labels are in both train and test (e.g. {sorted(overlap)[:5]}); "
                         "open-world splits need disjoint classes")
 
 
-def write_manifest(out_dir: Path | str, table: pd.DataFrame, image_root: Path | str, source: str) -> Path:
-    """Write manifest.csv and dataset.json atomically; ``image_root`` may be relative to ``out_dir``."""
+def write_manifest(out_dir: Path | str, table: pd.DataFrame, image_root: Path | str, source: str,
+                   closed_set: bool = False) -> Path:
+    """Write manifest.csv and dataset.json atomically; ``image_root`` may be relative to ``out_dir``.
+    ``closed_set``: the test split holds other images of the train classes (the toy), recorded in dataset.json."""
     out_dir = Path(out_dir)
     table = table.loc[:, list(COLUMNS)].reset_index(drop=True)
-    check_table(table, str(out_dir / MANIFEST))
+    check_table(table, str(out_dir / MANIFEST), closed_set)
     with atomic_path(out_dir / MANIFEST) as tmp:
         table.to_csv(tmp, index=False)
     counts = {s: {"images": int((table.split == s).sum()), "classes": int(table.label[table.split == s].nunique())}
               for s in SPLITS}
-    write_json(out_dir / INFO, {"source": source, "image_root": str(image_root), "counts": counts})
+    info = {"source": source, "image_root": str(image_root), "counts": counts}
+    write_json(out_dir / INFO, {**info, "closed_set": True} if closed_set else info)
     return out_dir / MANIFEST
 
 
@@ -82,11 +86,12 @@ def read_manifest(data_dir: Path | str) -> Manifest:
         # Checked before the columns: a header-only file would otherwise be reported as a dtype problem.
         raise DataError(f"{path}: no rows (header only); {rebuild}")
     try:
-        check_table(table, str(path))
-        image_root = Path(json.loads(info_path.read_text())["image_root"])
+        info = json.loads(info_path.read_text())
+        check_table(table, str(path), bool(info.get("closed_set", False)))
+        image_root = Path(info["image_root"])
     except DataError as e:
         raise DataError(f"{e}; {rebuild}") from None
-    except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
         raise DataError(f"{info_path}: not a valid data set description ({type(e).__name__}: {e}); "
                         f"{rebuild}") from None
     if not image_root.is_absolute():

@@ -13,6 +13,7 @@ import pandas as pd
 from PIL import Image
 
 from tcm.config import DatasetConfig
+from tcm.data.digits import assign_splits
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,10 @@ def prepare_mnist(cfg: DatasetConfig, out_dir: Path) -> tuple[pd.DataFrame, str]
         used = FALLBACK
         log.warning("mnist: torchvision MNIST unavailable under %s (%s: %s); using the scikit-learn digits "
                     "(1,797 8x8 images) as the offline fallback", root, type(e).__name__, e)
-    train = set(cfg.train_classes or ())
     rows = []
-    for i, (img, label) in enumerate(zip(images, labels)):
+    for i, (img, label, split) in enumerate(zip(images, labels, assign_splits(labels, cfg))):
         rel = Path("images") / str(int(label)) / f"{i:05d}.png"
         (out_dir / rel.parent).mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.asarray(img, dtype=np.uint8), mode="L").save(out_dir / rel)
-        rows.append((rel.as_posix(), int(label), "train" if int(label) in train else "test"))
+        rows.append((rel.as_posix(), int(label), split))
     return pd.DataFrame(rows, columns=["path", "label", "split"]), used

@@ -10,6 +10,16 @@ For a query q with positives P(q) in the batch (same label, not q itself):
 Published settings (src/main.py): tau1 = 0.01 (`--sigmoid_temperature`), k in {1, 2, 4, 8, 16}
 (`--k_vals_train`) with tau2_k = k (`--k_temperatures` 1, 2, 4, 8, 16); each k is capped at the
 batch size. Similarity mixup (`--mixup`, off by default there) is not implemented.
+
+tau2_k = k is the reference code as it stood while the TCM paper (ICLR 2024) was written, in 2023:
+`--k_temperatures` defaults to 1 2 4 8 16, with nothing overriding it, from commit 063feca (2 May 2022) through
+44b7011 and a16a671 (11 May 2023). (The pre-release main.py of March-April 2022, e.g. c949c56 L58, forced
+1.0 for every k.) Commit ed05202 (4 Nov 2024, after the paper) sets the default to 1 1 1 1 1 (src/main.py L41)
+and overrides it with ``opt.k_temperatures = [1] * len(opt.k_vals)`` (L153), i.e. tau2_k = 1: another objective
+(e.g. 0.30 instead of 0.43 on a batch of 100 separated classes x 4; up to ~0.2 apart). We keep 1, 2, 4, 8, 16
+(the recipes set it explicitly); ``k_temperatures: [1, 1, 1, 1, 1]`` gives the current head's variant. See
+docs/recipes.md, "RS@k temperatures".
+
 ``include_query=True`` counts the query itself in the ranks, as the reference code does (its
 similarity row of q spans the whole batch); false follows the paper's formula.
 """
