@@ -95,7 +95,8 @@ def test_executed_notebooks_stay_readable(project: Path) -> None:
             streams = [o for o in cell.get("outputs", []) if o["output_type"] == "stream"]
             assert len(streams) <= 2, [o["text"][:80] for o in streams]  # stdout and stderr at most
         text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
-        assert "epoch 2/2: loss" in text and "\r" not in text  # the epoch lines, not the bars' updates
+        # the epoch lines (other tests may have retrained with more epochs), not the bars' updates
+        assert re.search(r"epoch \d+/\d+: loss", text) and "\r" not in text
 
 
 def test_fresh_clone_opens_the_committed_default_without_retraining(tmp_path: Path) -> None:
