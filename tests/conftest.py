@@ -55,8 +55,12 @@ def run_command(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.Com
 
 
 def tree_digest(root: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``root``, except an SQLite store's files: opening and closing them
+    here would drop this process's POSIX locks on them, which an open MLflow connection of this
+    process relies on (SQLite then sees no reader and may reset the write-ahead log under it:
+    "database disk image is malformed"). Compare stores through MLflow instead."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith("mlflow.db")}
 
 
 def copy_project(dest: Path, params: dict) -> Path:
