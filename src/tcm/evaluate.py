@@ -54,10 +54,10 @@ NOT_METRICS = ("num_queries", "threshold_report.target_far", "threshold_report.w
                "threshold_report.resolution", "threshold_report.num_classes_far", "threshold_report.num_classes_frr")
 
 
-def mlflow_metrics(metrics: dict) -> dict[str, float]:
-    """The measurements of a seed's metrics.json, flattened (``recall_at_k.1``, ``opis``, ...)."""
-    return {k: v for k, v in flatten(metrics).items() if k not in NOT_METRICS and isinstance(v, (int, float))
-            and not isinstance(v, bool)}
+def mlflow_metrics(metrics: dict) -> dict:
+    """A seed's metrics.json, flattened (``recall_at_k.1``, ``opis``, ...), less :data:`NOT_METRICS`
+    (Tracker.log_metrics keeps the numbers)."""
+    return {k: v for k, v in flatten(metrics).items() if k not in NOT_METRICS}
 
 
 def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool = True) -> dict[int, dict]:

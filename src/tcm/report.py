@@ -126,8 +126,7 @@ def run_summary(cfg: Config, per_seed: pd.DataFrame | None = None) -> pd.DataFra
         for m in metrics:
             s = spread(done[m].dropna()) if n else spread([])
             row[f"{m} mean"], row[f"{m} sd"] = s.mean, s.sd
-        learned = _learned(cfg, name, row.get("R@1 mean", math.nan)) if n else None
-        row["learned"] = {True: "yes", False: "did not learn", None: "unknown"}[learned]
+        row["learned"] = _learned(cfg, name, row.get("R@1 mean", math.nan)) if n else "unknown"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -143,14 +142,16 @@ def chance_bound(num_classes: int, num_queries: int) -> float:
     return p + 2.0 * math.sqrt(p * (1.0 - p) / num_queries)
 
 
-def _learned(cfg: Config, name: str, recall1: float) -> bool | None:
-    """Whether the run's mean Recall@1 is clearly above chance (:func:`chance_bound`); None if unknown."""
+def _learned(cfg: Config, name: str, recall1: float) -> str:
+    """'yes' when the run's mean Recall@1 is clearly above chance (:func:`chance_bound`), 'did not
+    learn' when not, 'unknown' without the numbers to tell."""
     seeds = evaluated_seeds(cfg, name)
     path = cfg.run_dir(name).seed_settings(seeds[0]) if seeds else None
     if path is None or not path.is_file() or math.isnan(recall1):
-        return None
+        return "unknown"
     settings = json.loads(path.read_text())
-    return bool(recall1 > chance_bound(int(settings["num_classes"]), int(settings["num_images"])))
+    bound = chance_bound(int(settings["num_classes"]), int(settings["num_images"]))
+    return "yes" if recall1 > bound else "did not learn"
 
 
 def find_pairs(cfg: Config) -> list[Pair]:

@@ -147,10 +147,8 @@ def _m_per_class_sampler(labels: np.ndarray, m: int, batch_size: int, length: in
     return sampler
 
 
-def _rsk_sampler(labels: np.ndarray, m: int, batch_size: int, world_size: int, name: str) -> RskSampler:
+def _rsk_sampler(labels: np.ndarray, m: int, batch_size: int, rank: int, world_size: int, name: str) -> RskSampler:
     """RS@k's epoch over the global batch; classes with fewer than m images are never drawn (one notice)."""
-    # make_loader is given world_size only: the rank as `distributed` reads it.
-    rank = int(os.environ.get("RANK", "0")) if world_size > 1 else 0
     usable = int((np.unique(labels, return_counts=True)[1] >= m).sum())
     if usable < batch_size // m:
         raise ConfigError(
@@ -164,7 +162,7 @@ def _rsk_sampler(labels: np.ndarray, m: int, batch_size: int, world_size: int, n
 
 
 def make_loader(dataset: ManifestDataset, run: RunConfig, name: str, device: torch.device,
-                world_size: int = 1) -> DataLoader:
+                world_size: int = 1, rank: int = 0) -> DataLoader:
     """Batches of batch_size / world_size images for this process, m_per_class images per class:
     pytorch-metric-learning's m-per-class sampler (``train.sampler: m_per_class``, samples_per_epoch
     images per epoch), or RS@k's epoch (``rsk``, :class:`tcm.samplers.RskSampler`: every process plans
@@ -181,7 +179,7 @@ def make_loader(dataset: ManifestDataset, run: RunConfig, name: str, device: tor
             f"at m_per_class={t.m_per_class}, but the train split has {n_classes}; "
             "lower batch_size or raise m_per_class")
     if t.sampler == "rsk":
-        sampler = _rsk_sampler(dataset.labels, t.m_per_class, t.batch_size, world_size, name)
+        sampler = _rsk_sampler(dataset.labels, t.m_per_class, t.batch_size, rank, world_size, name)
     else:
         length = (t.samples_per_epoch or len(dataset)) // world_size
         sampler = _m_per_class_sampler(dataset.labels, t.m_per_class, batch, max(length, batch))
@@ -426,10 +424,11 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
     while another process trains the same run folder."""
     run_cfg = cfg.run(name)
     run_dir = cfg.run_dir(name)
-    # One writer per run folder: a kernel orphaned by a killed `dvc repro` may still be training it.
-    rank = int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
-    lock = exclusive(run_dir.lock, f"run {name}") if rank == 0 else contextlib.nullcontext()
-    with lock, distributed(run_cfg.train.device) as d:
+    with contextlib.ExitStack() as stack:
+        d = stack.enter_context(distributed(run_cfg.train.device))
+        if d.main:
+            # One writer per run folder: a kernel orphaned by a killed `dvc repro` may still be training it.
+            stack.enter_context(exclusive(run_dir.lock, f"run {name}"))
         t = run_cfg.train
         settings = resolved_run(cfg, name)
         manifest = read_manifest(cfg.data_dir(run_cfg.dataset))
@@ -438,7 +437,7 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
         classes = np.unique(dataset.labels)
         dataset.labels = np.searchsorted(classes, dataset.labels)
         device = pick_device(t.device, d.local_rank)
-        loader = make_loader(dataset, run_cfg, name, device, d.world_size)
+        loader = make_loader(dataset, run_cfg, name, device, d.world_size, d.rank)
 
         # What a checkpoint must match to be resumed: settings (not evaluation's), process count, torch
         # version, and the source of every tcm module training runs.
