@@ -284,7 +284,7 @@ def test_prepared_benchmark_feeds_training_and_test_transforms(name: str, tiny_s
     test = ManifestDataset(manifest, "test", transforms.test_transform(cfg))
     assert len(train) == len(test) == 6
     x, y = next(iter(DataLoader(train, batch_size=4, shuffle=True)))
-    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.uint8 and y.dtype == torch.int64  # normalised on the device
     x, y = next(iter(DataLoader(test, batch_size=6)))
     assert x.shape == (6, 3, 32, 32)
     assert set(y.tolist()) == set(manifest.split("test").label)
@@ -304,8 +304,10 @@ def test_prepare_with_preprocessing(tiny_sets: dict[str, Path], tmp_path: Path) 
     assert x.shape == (3, 16, 16)
 
 
-def test_pipeline_trains_and_evaluates_on_tiny_benchmark(tmp_path: Path) -> None:
-    """The data stage's manifest feeds the real train and evaluate stages (tiny CUB, small CNN, CPU)."""
+@pytest.mark.parametrize("decode,workers", [("workers", 0), ("device", 1)])
+def test_pipeline_trains_and_evaluates_on_tiny_benchmark(tmp_path: Path, decode: str, workers: int) -> None:
+    """The data stage's manifest feeds the real train and evaluate stages (tiny CUB, small CNN, CPU), with
+    either input path (tcm.data.batches); the device path's byte batches also pass through a worker."""
     from conftest import tiny_params
 
     from tcm import evaluate, train
@@ -316,8 +318,9 @@ def test_pipeline_trains_and_evaluates_on_tiny_benchmark(tmp_path: Path) -> None
     params["datasets"] = {"tinycub": {"source": "cub", "root": str(root), "allow_nonstandard_counts": True,
                                       "image_size": 24, "resize": 28, "crop_scale": [0.5, 1.0]}}
     params["runs"] = {"tinycub-ms": {**params["runs"]["digits-ms"], "dataset": "tinycub"}}
-    params["run_defaults"]["train"].update(batch_size=16, m_per_class=4, samples_per_epoch=32, num_workers=0,
-                                           device="cpu")
+    params["run_defaults"]["train"].update(batch_size=16, m_per_class=4, samples_per_epoch=32, num_workers=workers,
+                                           device="cpu", decode=decode)
+    params["evaluation"].update(decode=decode, num_workers=workers)
     cfg = parse_config(params, base_dir=tmp_path)
     prepare(cfg.dataset("tinycub"), cfg.data_dir("tinycub"))
     train.run(cfg, "tinycub-ms", progress=False)

@@ -356,3 +356,53 @@ def yaml_load(path: Path) -> dict:
     import yaml
 
     return yaml.safe_load(path.read_text())
+
+
+def test_loss_meter_keeps_the_first_non_finite_step_on_the_device() -> None:
+    meter = train.LossMeter(torch.device("cpu"))
+    for step, loss in enumerate([2.0, 1.5, float("nan"), float("inf"), 1.0], start=1):
+        meter.add(step, torch.tensor([loss, loss, 0.0]), 10)
+    state = meter.read()
+    assert state["bad_step"] == 3 and np.isnan(state["bad_value"]) and state["last"] == [1.0, 1.0, 0.0]
+    clean = train.LossMeter(torch.device("cpu"))
+    for step in (1, 2):
+        clean.add(step, torch.tensor([3.0, 2.0, 1.0]), 5)
+    assert clean.read()["bad_step"] == 0
+    sums, first, changed = clean.totals()
+    assert sums == [30.0, 20.0, 10.0] and first == 3.0 and not changed
+
+
+def test_the_loop_reads_the_loss_on_the_host_every_sync_every_steps(tmp_path, digits_dir, monkeypatch) -> None:
+    """No per-step host sync in our loop: 12 steps per epoch with SYNC_EVERY = 5 read at steps 5, 10
+    and 12 (the epoch's end), and a NaN at step 7 is still reported as step 7."""
+    cfg = config_for(tmp_path, digits_dir, epochs=1, batch_size=10, m_per_class=2, samples_per_epoch=120)
+    monkeypatch.setattr(train, "SYNC_EVERY", 5)
+    reads = []
+    real_read = train.LossMeter.read
+    monkeypatch.setattr(train.LossMeter, "read", lambda self, w=1: reads.append(1) or real_read(self, w))
+    train.run(cfg, "r", progress=False)
+    assert len(reads) == 3
+
+    real = train.build_criterion
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        crit = real(*a, **k)
+        base = crit.base
+
+        class Poison(nn.Module):
+            def forward(self, emb, labels, *rest):
+                calls["n"] += 1
+                out = base(emb, labels, *rest)
+                return out * float("nan") if calls["n"] == 7 else out
+
+        crit.base = Poison()
+        return crit
+
+    monkeypatch.setattr(train, "build_criterion", poisoned)
+    reads.clear()
+    (tmp_path / "b").mkdir()
+    cfg = config_for(tmp_path / "b", digits_dir, epochs=1, batch_size=10, m_per_class=2, samples_per_epoch=120)
+    with pytest.raises(train.TrainingDiverged, match=r"loss is nan at epoch 1, step 7;"):
+        train.run(cfg, "r", progress=False)
+    assert len(reads) == 2  # found at the read after step 10

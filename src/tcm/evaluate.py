@@ -17,8 +17,8 @@ from tqdm import tqdm
 from tcm.atomic import atomic_path, write_json
 from tcm.checkpoint import load_trained, save_checkpoint
 from tcm.config import Config, ConfigError, resolved_run, training_settings
-from tcm.data import ManifestDataset, read_manifest
-from tcm.data.transforms import test_transform
+from tcm.data import read_manifest
+from tcm.data.batches import InputPipeline, input_pipeline
 from tcm.device import pick_device
 from tcm.metrics import evaluate_embeddings
 from tcm.metrics.opis import curves_table
@@ -28,15 +28,21 @@ from tcm.tracking import Tracker, flatten
 
 
 @torch.no_grad()
-def embed(model: torch.nn.Module, dataset: ManifestDataset, batch_size: int, device: torch.device,
+def embed(model: torch.nn.Module, pipeline: InputPipeline, batch_size: int, device: torch.device,
           progress: bool = True, num_workers: int = 0) -> np.ndarray:
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+    """(N, d) float32 embeddings of the pipeline's split, in manifest order (bf16 autocast and
+    channels_last on CUDA)."""
+    cuda = device.type == "cuda"
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    loader = DataLoader(pipeline.dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=cuda, collate_fn=pipeline.collate_fn)
     chunks = []
     for x, _ in tqdm(loader, desc="embedding", disable=not progress, file=sys.stderr, leave=False, mininterval=1.0):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            chunks.append(model(x.to(device, non_blocking=True)).float().cpu())
-    return torch.cat(chunks).numpy()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            chunks.append(model(pipeline.to_model(x, device, channels_last=cuda)).float())
+    # One copy to the host at the end: a .cpu() per batch would make the host wait for every batch.
+    return torch.cat(chunks).cpu().numpy()
 
 
 def _check_trained(state: dict, path, trained_settings: dict) -> None:
@@ -75,7 +81,9 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
         _check_trained(state, path, trained_settings)
         states[seed] = (model, state)
     manifest = read_manifest(cfg.data_dir(run_cfg.dataset))
-    dataset = ManifestDataset(manifest, "test", test_transform(cfg.dataset(run_cfg.dataset)))
+    pipeline = input_pipeline(manifest, "test", cfg.dataset(run_cfg.dataset), cfg.evaluation.decode, device,
+                              train=False)
+    dataset = pipeline.dataset
     # One recall_k list serves every data set of a profile (SOP's k = 1000 too): a k past this test split
     # is skipped with a notice, as Recall@k would be 1 by construction.
     recall_k = [k for k in cfg.evaluation.recall_k if k < len(dataset)]
@@ -90,7 +98,7 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
 
     per_seed: dict[int, dict] = {}
     for seed, (model, state) in states.items():
-        emb = embed(model.to(device), dataset, cfg.evaluation.batch_size, device, progress,
+        emb = embed(model.to(device), pipeline, cfg.evaluation.batch_size, device, progress,
                     cfg.evaluation.num_workers)
         ev, o = cfg.evaluation, cfg.evaluation.opis  # params.yaml's names are evaluate_embeddings' keywords
         result = evaluate_embeddings(emb, dataset.labels, recall_k=recall_k, beta=o.beta, far_range=o.far_range,

@@ -42,8 +42,9 @@ from tqdm import tqdm
 from tcm.atomic import atomic_path, write_json
 from tcm.checkpoint import read_checkpoint, save_checkpoint
 from tcm.config import Config, ConfigError, RunConfig, resolved_run, training_settings
-from tcm.data import ManifestDataset, read_manifest
-from tcm.data.transforms import train_transform
+from tcm.data import read_manifest
+from tcm.data.batches import InputPipeline, input_pipeline
+from tcm.data.dataset import ManifestDataset
 from tcm.device import environment, pick_device
 from tcm.errors import TcmError
 from tcm.fingerprint import code_fingerprint
@@ -162,7 +163,7 @@ def _rsk_sampler(labels: np.ndarray, m: int, batch_size: int, rank: int, world_s
 
 
 def make_loader(dataset: ManifestDataset, run: RunConfig, name: str, device: torch.device,
-                world_size: int = 1, rank: int = 0) -> DataLoader:
+                world_size: int = 1, rank: int = 0, collate_fn: Callable | None = None) -> DataLoader:
     """Batches of batch_size / world_size images for this process, m_per_class images per class:
     pytorch-metric-learning's m-per-class sampler (``train.sampler: m_per_class``, samples_per_epoch
     images per epoch), or RS@k's epoch (``rsk``, :class:`tcm.samplers.RskSampler`: every process plans
@@ -184,6 +185,7 @@ def make_loader(dataset: ManifestDataset, run: RunConfig, name: str, device: tor
         length = (t.samples_per_epoch or len(dataset)) // world_size
         sampler = _m_per_class_sampler(dataset.labels, t.m_per_class, batch, max(length, batch))
     return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True, num_workers=t.num_workers,
+                      collate_fn=collate_fn,
                       # Workers are started anew each epoch, seeded from the per-epoch seed: persistent
                       # workers would carry their random state across epochs, so a resumed run would
                       # augment differently from an uninterrupted one.
@@ -257,8 +259,8 @@ def _set_rng_state(state: tuple, device: torch.device) -> None:
 def train_step(model: nn.Module, criterion: Criterion, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                y: torch.Tensor, *, autocast: bool = False, chunk_size: int | None = None,
                clip_grad_value: float | None = None, frozen: Sequence[nn.Parameter] = (),
-               world_size: int = 1) -> dict[str, torch.Tensor]:
-    """One optimisation step on batch (x, y); returns the detached loss parts (summed over ranks / world).
+               world_size: int = 1, check_finite: bool = True) -> dict[str, torch.Tensor]:
+    """One optimisation step on batch (x, y); returns the detached loss parts of this process's batch.
 
     ``model`` may be wrapped (DistributedDataParallel, torch.compile). With ``chunk_size`` smaller
     than the batch, the step recomputes instead of storing activations:
@@ -272,8 +274,11 @@ def train_step(model: nn.Module, criterion: Criterion, optimizer: torch.optim.Op
     The gradients equal the plain step's whenever the forward of a sample does not depend on the
     other samples of its pass: models without BatchNorm (ViT), or BatchNorm in eval mode
     (``model.freeze_bn``). BatchNorm in train mode normalises each chunk with the chunk's own
-    statistics, as RS@k's reference code (`bs_base` chunks) does. Raises :class:`NonFiniteLoss`
-    before any parameter changes.
+    statistics, as RS@k's reference code (`bs_base` chunks) does.
+
+    ``check_finite``: raise :class:`NonFiniteLoss` before any parameter changes. The check reads the
+    loss on the host, which makes the CPU wait for the GPU every step; the training loop passes False
+    and watches the loss on the device instead (:class:`LossMeter`).
     """
     import torch.distributed as dist
 
@@ -285,7 +290,8 @@ def train_step(model: nn.Module, criterion: Criterion, optimizer: torch.optim.Op
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             emb = model(x)
         parts = criterion(emb.float(), y)
-        _check_finite(parts, world_size)
+        if check_finite:
+            _check_finite(parts, world_size)
         parts["loss"].backward()
     else:
         inner = getattr(model, "module", model)
@@ -303,7 +309,8 @@ def train_step(model: nn.Module, criterion: Criterion, optimizer: torch.optim.Op
             buf.copy_(saved)
         emb = torch.cat(chunks).requires_grad_(True)
         parts = criterion(emb, y)
-        _check_finite(parts, world_size)
+        if check_finite:
+            _check_finite(parts, world_size)
         parts["loss"].backward()
         grad = emb.grad
         for i, sl in enumerate(slices):
@@ -327,6 +334,79 @@ def train_step(model: nn.Module, criterion: Criterion, optimizer: torch.optim.Op
         torch.nn.utils.clip_grad_value_(params, clip_grad_value)
     optimizer.step()
     return {k: v.detach() for k, v in parts.items()}
+
+
+def _compiles(setting: bool | str, device: torch.device) -> bool:
+    """``train.compile``: True, False, or auto (CUDA only; a model that fails to compile runs eagerly)."""
+    if setting != "auto":
+        return bool(setting)
+    if device.type != "cuda":
+        return False
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True  # auto must never be what stops a run
+    return True
+
+
+# Steps between the loop's reads of the loss on the host (progress bar, finiteness): each read waits
+# for the GPU to finish the queued work, so reading every step would serialise host and device.
+SYNC_EVERY = 25
+LOSS_PARTS = ("loss", "base_loss", "tcm_loss")
+
+
+class LossMeter:
+    """An epoch's loss sums and checks, kept on the device; :meth:`read` is the one host sync.
+
+    Per step it records the loss parts x images, whether the loss moved since the epoch's first
+    step, and the first step whose loss was NaN or infinite (and its value)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+        self.first: torch.Tensor | None = None
+        self.last = torch.zeros(3, device=device)
+        self.changed = torch.zeros((), dtype=torch.bool, device=device)
+        self.bad_step = torch.zeros((), dtype=torch.int64, device=device)  # 0: every loss so far is finite
+        self.bad_value = torch.zeros((), device=device)
+
+    def add(self, step: int, values: torch.Tensor, n: int) -> None:
+        """``values``: (loss, base_loss, tcm_loss) of this process's batch of ``n`` images."""
+        loss = values[0]
+        newly_bad = ~torch.isfinite(loss) & (self.bad_step == 0)
+        self.bad_step = torch.where(newly_bad, step, self.bad_step)
+        self.bad_value = torch.where(newly_bad, loss, self.bad_value)
+        self.sums += values.double() * n
+        if self.first is None:
+            self.first = loss.clone()
+        else:
+            self.changed |= loss != self.first
+        self.last = values
+
+    def read(self, world_size: int = 1) -> dict:
+        """Host copies: ``bad_step``/``bad_value`` (the first non-finite loss on any process), ``last``
+        (this process's last losses). Collective under torchrun: every rank calls it at the same step."""
+        bad = self.bad_step.clone()
+        if world_size > 1:
+            import torch.distributed as dist
+
+            # The earliest bad step on any rank (0 = none, so it is mapped past every real step).
+            big = torch.iinfo(torch.int64).max
+            bad = torch.where(bad == 0, big, bad)
+            dist.all_reduce(bad, op=dist.ReduceOp.MIN)
+            bad = torch.where(bad == big, 0, bad)
+        bad_step = int(bad)
+        value = float(self.bad_value) if bad_step and bad_step == int(self.bad_step) else float("nan")
+        return {"bad_step": bad_step, "bad_value": value, "last": self.last.tolist()}
+
+    def totals(self, world_size: int = 1) -> tuple[list[float], float | None, bool]:
+        """Epoch end: the loss sums over every process, the first step's loss, and whether it moved."""
+        sums, changed = self.sums.clone(), self.changed.to(torch.int64)
+        if world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(sums)
+            dist.all_reduce(changed, op=dist.ReduceOp.MAX)
+        first = None if self.first is None else float(self.first)
+        return sums.tolist(), first, bool(changed)
 
 
 def _check_finite(parts: dict[str, torch.Tensor], world_size: int) -> None:
@@ -432,12 +512,13 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
         t = run_cfg.train
         settings = resolved_run(cfg, name)
         manifest = read_manifest(cfg.data_dir(run_cfg.dataset))
-        dataset = ManifestDataset(manifest, "train", train_transform(cfg.dataset(run_cfg.dataset)))
+        device = pick_device(t.device, d.local_rank)
+        pipeline = input_pipeline(manifest, "train", cfg.dataset(run_cfg.dataset), t.decode, device, train=True)
+        dataset = pipeline.dataset
         # Losses with per-class parameters (ProxyAnchor) need labels 0..C-1.
         classes = np.unique(dataset.labels)
         dataset.labels = np.searchsorted(classes, dataset.labels)
-        device = pick_device(t.device, d.local_rank)
-        loader = make_loader(dataset, run_cfg, name, device, d.world_size, d.rank)
+        loader = make_loader(dataset, run_cfg, name, device, d.world_size, d.rank, pipeline.collate_fn)
 
         # What a checkpoint must match to be resumed: settings (not evaluation's), process count, torch
         # version, and the source of every tcm module training runs.
@@ -460,8 +541,8 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
         env = environment(device)
         info = {"run": name, "settings": settings, "run_hash": run_hash, "code_fingerprint": code, "environment": env,
                 "num_train_classes": int(len(classes)), "world_size": d.world_size, "seeds": {}}
-        attempt = _Attempt(name, run_cfg, run_dir, settings, loader, classes, device, d, tracker, progress, run_hash,
-                           code, env, resuming)
+        attempt = _Attempt(name, run_cfg, run_dir, settings, loader, pipeline, classes, device, d, tracker, progress,
+                           run_hash, code, env, resuming)
         histories: dict[int, list[dict]] = {}
         for seed in t.seeds:
             seed_hash, histories[seed] = _train_seed(attempt, seed, histories)
@@ -483,6 +564,7 @@ class _Attempt:
     run_dir: RunDir
     settings: dict
     loader: DataLoader
+    pipeline: InputPipeline
     classes: np.ndarray
     device: torch.device
     d: Dist
@@ -540,7 +622,7 @@ def _train_seed(a: _Attempt, seed: int, histories: dict[int, list[dict]]) -> tup
     if d.enabled:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    if t.compile:
+    if _compiles(t.compile, device):
         model = torch.compile(model)
 
     def checkpoint(epoch: int) -> None:
@@ -577,45 +659,34 @@ def _epochs(a: _Attempt, seed: int, parts: _Parts, model: nn.Module, raw_model: 
     t = run_cfg.train
     ckpt = run_dir.checkpoint(seed)
     label = f"{name} seed {seed}" if len(t.seeds) > 1 else name
+    channels_last = device.type == "cuda" and t.channels_last
     for epoch in range(start_epoch, t.epochs + 1):
         # Seeding per epoch makes a resumed run draw exactly the batches an uninterrupted one would.
         seed_everything(epoch_seed(seed, epoch, d.rank))
         set_epoch(parts.scheduler, epoch)
         model.train()
         frozen = backbone_params if epoch <= t.warmup_epochs else ()
-        sums = {"loss": 0.0, "base_loss": 0.0, "tcm_loss": 0.0}
-        seen, t0 = 0, time.perf_counter()
-        first_loss, changed = 0.0, False
+        meter, seen, t0, step = LossMeter(device), 0, time.perf_counter(), 0
         bar = tqdm(loader, desc=f"{label} epoch {epoch}/{t.epochs}", disable=not (a.progress and d.main),
                    file=sys.stderr, leave=False, mininterval=1.0)
         for step, (x, y) in enumerate(bar, start=1):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if device.type == "cuda" and t.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            try:
-                losses = train_step(model, parts.criterion, parts.optimizer, x, y, autocast=autocast,
-                                    chunk_size=t.chunk_size, clip_grad_value=t.clip_grad_value, frozen=frozen,
-                                    world_size=d.world_size)
-            except NonFiniteLoss as e:
-                raise TrainingDiverged(
-                    f"run {name} seed {seed}: loss is {e.value} at epoch {epoch}, step {step}; "
-                    f"the last good checkpoint (epoch {epoch - 1}) is kept at {ckpt}") from None
+            x = a.pipeline.to_model(x, device, channels_last)
+            y = y.to(device, non_blocking=True)
+            losses = train_step(model, parts.criterion, parts.optimizer, x, y, autocast=autocast,
+                                chunk_size=t.chunk_size, clip_grad_value=t.clip_grad_value, frozen=frozen,
+                                world_size=d.world_size, check_finite=False)
             parts.scheduler.step()
-            values = torch.stack([losses[k].float() for k in sums])
-            if d.enabled:
-                import torch.distributed as dist
-
-                dist.all_reduce(values)
-                values /= d.world_size
-            n = len(y) * d.world_size
-            step_values = values.tolist()
-            for k, v in zip(sums, step_values):
-                sums[k] += v * n
-            seen += n
-            first_loss = step_values[0] if step == 1 else first_loss
-            changed = changed or step_values[0] != first_loss
-            bar.set_postfix(loss=f"{values[0].item():.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}",
-                            refresh=False)
+            meter.add(step, torch.stack([losses[k].detach().float() for k in LOSS_PARTS]), len(y))
+            seen += len(y) * d.world_size
+            if step % SYNC_EVERY == 0 or step == len(loader):
+                state = meter.read(d.world_size)
+                if state["bad_step"]:
+                    raise TrainingDiverged(
+                        f"run {name} seed {seed}: loss is {state['bad_value']} at epoch {epoch}, step "
+                        f"{state['bad_step']}; the last good checkpoint (epoch {epoch - 1}) is kept at {ckpt}")
+                bar.set_postfix(loss=f"{state['last'][0]:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}",
+                                refresh=False)
+        totals, first_loss, changed = meter.totals(d.world_size)
         if step > 1 and not changed and first_loss != 0.0:
             # A loss that no step moves has lost its gradient (weights blown up by a huge lr, or collapsed
             # embeddings). A loss of exactly 0 is left alone: a miner that finds no hard pairs gives it.
@@ -623,6 +694,7 @@ def _epochs(a: _Attempt, seed: int, parts: _Parts, model: nn.Module, raw_model: 
                 f"run {name} seed {seed}: the loss stayed at {first_loss:.6g} for all {step} steps of epoch {epoch} "
                 f"(train.lr {t.lr:g}): training has stalled, most likely diverged; "
                 f"lower runs.{name}.train.lr. The last good checkpoint (epoch {epoch - 1}) is kept at {ckpt}")
+        sums = dict(zip(LOSS_PARTS, totals))
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch, **{k: v / max(seen, 1) for k, v in sums.items()},
                "lr": parts.optimizer.param_groups[0]["lr"], "images_per_s": seen / seconds, "seconds": seconds}
