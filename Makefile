@@ -1,5 +1,7 @@
-# Two entry points for a fresh clone (README, Quick start):
+# Entry points for a fresh clone (README, Quick start):
 #   make repro   create .venv, install the package with the pipeline extras, run `dvc repro`
+#   make repro-parallel GPUS="0 1 2 3"   the same with the train stages side by side, one per GPU
+#                (JOBS=N instead of GPUS: N at a time, no GPU pinning; docs/gpus.md)
 #   make test    same environment, lint (ruff) and run the test suite with the doctests (what .ci/run calls)
 # and for the notebooks (README, Notebooks):
 #   make lab     same environment, JupyterLab on notebooks/ with the project's kernel "Python (tcm)"
@@ -7,7 +9,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ACTIVATE := . $(VENV)/bin/activate
 
-.PHONY: repro test install lab
+.PHONY: repro repro-parallel test install lab
 install: $(VENV)/.installed
 
 # The last step registers the notebooks' kernel "tcm" inside the venv (--sys-prefix): it starts this
@@ -23,6 +25,13 @@ $(VENV)/.installed: pyproject.toml
 # message for a broken file ("Could not find 'datasets'") names no key.
 repro: $(VENV)/.installed
 	$(ACTIVATE) && tcm check-params && dvc repro
+
+# `tcm parallel` checks params.yaml itself, brings data up to date, trains the out-of-date runs on the
+# workers (committing each to dvc.lock from one process), then runs `dvc repro` for the rest.
+GPUS ?=
+JOBS ?= 1
+repro-parallel: $(VENV)/.installed
+	$(ACTIVATE) && tcm parallel $(if $(strip $(GPUS)),--gpus $(GPUS),--jobs $(JOBS))
 
 test: $(VENV)/.installed
 	$(ACTIVATE) && ruff check . && python -m pytest

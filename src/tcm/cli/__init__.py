@@ -11,6 +11,8 @@
     tcm report
     tcm profile [NAME]               (write profiles/NAME.yaml as params.yaml; no NAME: list them)
     tcm notebook IN OUT [-p NAME VALUE ...]   (run a stage notebook as dvc.yaml does)
+    tcm parallel (--gpus ID [ID ...] | --jobs N) [--train-only]
+                                     (the pipeline with its train stages side by side: docs/gpus.md)
 
 Errors the user can fix (bad params, missing data) print one line and exit 2, no traceback.
 """
@@ -240,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", dest="parameters", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="a notebook parameter (passed as a string)")
     p.set_defaults(func=cmd_notebook)
+
+    from tcm.cli.parallel import add_parser as add_parallel
+
+    add_parallel(sub)
     return parser
 
 

@@ -1,0 +1,472 @@
+"""`tcm parallel`: the pipeline with its train stages run side by side, one per GPU (docs/gpus.md).
+
+``dvc repro`` runs one stage at a time, so eight GPUs would train the paper profile's 32 runs one after
+another. This command, run in the project:
+
+1. validates params.yaml (what ``tcm check-params`` does);
+2. brings every stage that a train stage depends on (validate, data) up to date with one ``dvc repro``;
+3. asks ``dvc status`` which train stages are out of date;
+4. runs each of them with DVC's own resolved ``cmd`` (shell, working directory, ``DVC_ROOT`` and
+   ``DVC_STAGE`` as ``dvc repro`` sets them, non-persistent outputs removed first) in a pool of
+   workers: one per ``--gpus`` entry, with ``CUDA_VISIBLE_DEVICES`` set to it, or ``--jobs N`` without
+   pinning. A stage's output goes to ``runs/<run>/train.log`` (ignored by git and DVC); the terminal
+   gets one line when a stage starts and one when it ends;
+5. records each stage that succeeded with ``dvc commit -f <stage>``, from this process only, one DVC
+   call at a time, so that dvc.lock has a single writer;
+6. runs ``dvc repro`` for the rest (evaluation, report), which finds the train stages up to date.
+
+A stage is committed only with outputs that belong to its current dependencies: its dependencies
+(files and folders as DVC hashes them, the values of its params, its command) are recorded before it
+starts; if any differs when it ends, or in the dvc.lock entry that ``dvc commit`` wrote, the stage is
+not committed (dvc.lock is put back), stays out of date, and one line names the dependency. A stage
+that fails is reported with its log; the others go on; the exit status is then 1 and the rest of the
+pipeline is not run. (A dependency changed and changed back while a stage ran is not seen.)
+
+What DVC documents, and why it is done this way:
+
+- "It's also possible to execute stage commands by hand (without `dvc repro`) ... Use `dvc commit` to
+  register the changes with DVC once you're done" (https://dvc.org/doc/command-reference/commit,
+  "Some scenarios" and "Example: Executing stage commands without DVC"). ``-f`` skips the question DVC
+  asks when the dependencies differ from dvc.lock, which they do for every stage that had to run; the
+  same page warns that DVC "can't guarantee reproducibility" then, hence the dependency check here.
+- Two DVC processes in one workspace: the repository lock (``.dvc/tmp/lock``) refuses the second
+  after about 3 s of retries: "Unable to acquire lock. Most likely another DVC process is running or
+  was terminated abruptly" (dvc/lock.py; treeverse/dvc#10465, #9805). ``dvc repro`` lets go of it
+  only while a stage's command runs (treeverse/dvc#2584), so the "Parallel stage execution" of
+  https://dvc.org/doc/command-reference/repro (several ``dvc repro TARGET`` at once) fails at random:
+  "You may get `Unable to acquire lock` errors ... So you may have to wait, or retry" (a maintainer,
+  treeverse/dvc#10630); ``dvc --wait-for-lock`` came in 2025 (treeverse/dvc#10784: in the DVC 3.67
+  tested here, not in the older 3.x this project allows). Here only this process calls DVC, one call
+  at a time, and it waits for the lock while another DVC command (a ``dvc status`` in another
+  terminal) holds it.
+- Outputs are removed before the command except ``persist: true`` ones, as ``dvc repro`` does
+  ("Stage outputs are deleted from the workspace before executing the stage commands that produce
+  them (unless persist: true is used in dvc.yaml)", the repro page's notes): DVC's own
+  ``Stage.remove_outs`` is called.
+
+One run across several GPUs stays ``torchrun --nproc_per_node N -m tcm.cli train RUN``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from queue import Queue
+from typing import Any, Iterator
+
+from tcm.errors import TcmError
+
+TRAIN = "train"  # the foreach group of dvc.yaml whose stages run side by side
+LOCK_WAIT_S = 600  # how long to wait while another DVC process holds the repository lock
+MISSING = "<missing>"
+
+
+class ParallelError(TcmError, RuntimeError):
+    """Not a DVC project, or workers that cannot work."""
+
+
+@dataclass
+class Job:
+    """One train stage: DVC's resolved command, and its dependencies when it starts."""
+
+    name: str
+    commands: list[str]
+    wdir: Path
+    log: Path
+    before: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ DVC, one call at a time
+
+
+class Dvc:
+    """Every DVC call of this command, one at a time: the ``dvc`` command line (repro, status, commit)
+    and DVC's Python API (stages, hashes; under DVC's repository lock, as DVC's own commands)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._mutex = threading.Lock()
+        self._told = False
+
+    def _waiting(self) -> None:
+        if not self._told:
+            print("tcm parallel: another DVC process holds the repository lock (.dvc/tmp/lock); waiting for it",
+                  file=sys.stderr, flush=True)
+            self._told = True
+
+    def cli(self, *args: str, capture: bool = True) -> subprocess.CompletedProcess:
+        """``dvc ARGS`` in the project; captured calls are retried while another DVC process holds
+        the lock (``dvc repro``, streamed to the terminal, is not)."""
+        deadline = time.monotonic() + LOCK_WAIT_S
+        with self._mutex:
+            while True:
+                # This Python's DVC (the one whose API this module uses), wherever PATH points.
+                out = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=self.root, capture_output=capture,
+                                     text=True)
+                busy = capture and "Unable to acquire lock" in out.stdout + out.stderr
+                if out.returncode == 0 or not busy or time.monotonic() > deadline:
+                    return out
+                self._waiting()
+                time.sleep(1)
+
+    @contextlib.contextmanager
+    def repo(self) -> Iterator[Any]:
+        """A fresh ``dvc.repo.Repo`` of the project with DVC's repository lock held."""
+        from dvc.lock import LockError
+        from dvc.repo import Repo, lock_repo
+
+        deadline = time.monotonic() + LOCK_WAIT_S
+        with self._mutex, contextlib.closing(Repo(str(self.root))) as repo, contextlib.ExitStack() as held:
+            while True:
+                try:
+                    held.enter_context(lock_repo(repo))
+                    break
+                except LockError:
+                    if time.monotonic() > deadline:
+                        raise
+                    self._waiting()
+                    time.sleep(1)
+            yield repo
+
+    @property
+    def dvc_yaml(self) -> Path:
+        return self.root / "dvc.yaml"
+
+    def stage(self, repo: Any, name: str) -> Any:
+        """The stage ``name`` of the project's dvc.yaml (DVC takes a bare name relative to the working
+        directory, which need not be the project's)."""
+        (stage,) = repo.stage.collect(f"{self.dvc_yaml}:{name}")
+        return stage
+
+
+def snapshot(stage: Any) -> dict[str, Any]:
+    """What the stage's outputs must belong to, as found now: its command, each file or folder
+    dependency's hash (DVC's, .dvcignore applied) and each of its params' value."""
+    from dvc.dependency.param import ParamsDependency
+
+    found: dict[str, Any] = {"cmd": stage.cmd}
+    for dep in stage.deps:
+        if isinstance(dep, ParamsDependency):
+            try:
+                values = dep.read_params()
+            except Exception:  # a params file being rewritten, or broken: a change in any case
+                values = {}
+            for key in dep.params:
+                found[f"{dep.def_path}:{key}"] = values.get(key, MISSING)
+        else:
+            try:
+                found[dep.def_path] = dep.get_hash().value
+            except FileNotFoundError:
+                found[dep.def_path] = MISSING
+    return found
+
+
+def locked(stage: Any) -> dict[str, Any]:
+    """The same as :func:`snapshot`, as dvc.lock records it for the stage."""
+    from dvc.dependency.param import ParamsDependency
+
+    found: dict[str, Any] = {"cmd": stage.cmd if not getattr(stage, "cmd_changed", False) else "<other cmd>"}
+    for dep in stage.deps:
+        value = dep.hash_info.value if dep.hash_info else None
+        if isinstance(dep, ParamsDependency):
+            for key in dep.params:
+                found[f"{dep.def_path}:{key}"] = (value or {}).get(key, MISSING)
+        else:
+            found[dep.def_path] = value if value is not None else MISSING
+    return found
+
+
+def changed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    return [key for key in sorted(before.keys() | after.keys()) if before.get(key, MISSING) != after.get(key, MISSING)]
+
+
+# ------------------------------------------------------------------ the pool
+
+
+class Pool:
+    """Runs train stages on the workers, commits each success, and keeps the score."""
+
+    def __init__(self, dvc: Dvc, slots: list[str | None], total: int) -> None:
+        self.dvc = dvc
+        self.free: Queue[str | None] = Queue()
+        for slot in slots:
+            self.free.put(slot)
+        self.workers = len(slots)
+        self.total = total
+        self.started = 0
+        self.failed: list[str] = []
+        self.refused: list[str] = []
+        self.committed: list[str] = []
+        self.stopping = threading.Event()
+        self.procs: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+
+    def say(self, line: str, err: bool = False) -> None:
+        with self._lock:
+            print(line, file=sys.stderr if err else sys.stdout, flush=True)
+
+    def _prepare(self, name: str) -> Job:
+        """The stage as DVC would run it now: its dependencies recorded, its outputs removed."""
+        with self.dvc.repo() as repo:
+            stage = self.dvc.stage(repo, name)
+            commands = stage.cmd if isinstance(stage.cmd, list) else stage.cmd.splitlines()
+            run = name.partition("@")[2]
+            log = self.dvc.root / "runs" / run / "train.log"
+            job = Job(name, commands, Path(stage.wdir), log, snapshot(stage))
+            stage.remove_outs(ignore_remove=False, force=False)  # what `dvc repro` does first
+        return job
+
+    def _execute(self, job: Job, slot: str | None) -> int:
+        """The stage's commands, one after the other, as DVC runs them; the exit status."""
+        env = {**os.environ, "DVC_ROOT": str(self.dvc.root), "DVC_STAGE": job.name}
+        if slot is not None:
+            env["CUDA_VISIBLE_DEVICES"] = slot
+        shell = os.environ.get("SHELL") or "/bin/sh"
+        flags = {"bash": ["--noprofile", "--norc"], "zsh": ["--no-rcs"]}.get(Path(shell).name, [])
+        job.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(job.log, "w") as log:
+            for cmd in job.commands:
+                log.write(f"> {cmd}\n")
+                log.flush()
+                with self._lock:
+                    if self.stopping.is_set():
+                        return 130
+                    proc = subprocess.Popen([shell, *flags, "-c", cmd], cwd=job.wdir, env=env, stdout=log,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                    self.procs.add(proc)
+                try:
+                    code = proc.wait()
+                finally:
+                    with self._lock:
+                        self.procs.discard(proc)
+                if code != 0:
+                    return code
+        return 0
+
+    def _commit(self, job: Job) -> str | None:
+        """``dvc commit -f`` the stage when its dependencies are those it started with; else the
+        reason it is not committed (dvc.lock then stays or is put back as it was)."""
+        lockfile = self.dvc.root / "dvc.lock"
+        with self.dvc.repo() as repo:
+            now = changed(job.before, snapshot(self.dvc.stage(repo, job.name)))
+        if now:
+            return f"its dependency {now[0]} changed while it ran" + (f" (and {len(now) - 1} more)" if now[1:] else "")
+        previous = lockfile.read_bytes() if lockfile.exists() else None
+
+        def put_back() -> None:  # this process is dvc.lock's only writer while it runs
+            if previous is None:
+                lockfile.unlink(missing_ok=True)
+            else:
+                lockfile.write_bytes(previous)
+
+        out = self.dvc.cli("commit", "-f", job.name)
+        if out.returncode != 0:
+            put_back()
+            last = (out.stderr.strip() or out.stdout.strip() or "no message").splitlines()[-1]
+            return f"`dvc commit -f {job.name}` failed ({last}); dvc.lock is as it was"
+        with self.dvc.repo() as repo:
+            recorded = changed(job.before, locked(self.dvc.stage(repo, job.name)))
+            if recorded:  # a dependency changed between the check above and `dvc commit`
+                put_back()
+                return f"its dependency {recorded[0]} changed before it was committed; dvc.lock is as it was"
+        return None
+
+    def run(self, name: str) -> None:
+        slot = self.free.get()
+        try:
+            if self.stopping.is_set():
+                return
+            job = self._prepare(name)
+            with self._lock:
+                self.started += 1
+                n = self.started
+            where = f"GPU {slot}" if slot is not None else "CPU" if self.workers == 1 else "a worker"
+            log = os.path.relpath(job.log, Path.cwd())
+            self.say(f"[{n}/{self.total}] started  {name} on {where}; log: {log}")
+            t0 = time.monotonic()
+            code = self._execute(job, slot)
+            took = _duration(time.monotonic() - t0)
+            if self.stopping.is_set():
+                return
+            if code != 0:
+                with self._lock:
+                    self.failed.append(name)
+                self.say(f"[{n}/{self.total}] FAILED   {name} (exit {code}) after {took}; log: {log}"
+                         f"{_last_line(job.log)}", err=True)
+                return
+            reason = self._commit(job)
+            if reason:
+                with self._lock:
+                    self.refused.append(name)
+                self.say(f"tcm: error: {name} is not committed: {reason}; it stays out of date", err=True)
+                return
+            with self._lock:
+                self.committed.append(name)
+            self.say(f"[{n}/{self.total}] finished {name} in {took}; committed to dvc.lock")
+        except Exception as e:  # one stage's trouble must not stop the others
+            with self._lock:
+                self.failed.append(name)
+            self.say(f"tcm: error: {name}: {type(e).__name__}: {e}", err=True)
+        finally:
+            self.free.put(slot)
+
+    def stop(self) -> None:
+        """Ctrl-C: no new stage starts, nothing more is committed, running stages are ended."""
+        with self._lock:
+            self.stopping.set()
+            procs = list(self.procs)
+        for proc in procs:
+            with contextlib.suppress(OSError):
+                proc.terminate()
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def _last_line(log: Path) -> str:
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return f"\n    {lines[-1][:300]}" if lines else ""
+
+
+# ------------------------------------------------------------------ the command
+
+
+def _slots(gpus: list[str] | None, jobs: int | None) -> list[str | None]:
+    if gpus is not None and jobs is not None:
+        raise ParallelError("parallel: give either --gpus (one worker per GPU) or --jobs N (no GPU pinning)")
+    if gpus is None:
+        return [None] * (jobs or 1)
+    ids = [g for item in gpus for g in item.replace(",", " ").split()]
+    if not ids:
+        raise ParallelError("parallel: --gpus needs at least one GPU id, e.g. --gpus 0 1 2 3")
+    if len(set(ids)) != len(ids):
+        raise ParallelError(f"parallel: --gpus lists a GPU twice: {' '.join(ids)} (one worker per GPU)")
+    return list(ids)
+
+
+def _project_root() -> Path:
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+
+    try:
+        return Path(Repo.find_root()).resolve()
+    except NotDvcRepoError:
+        raise ParallelError(f"parallel: {Path.cwd()} is not in a DVC project (no .dvc folder above it)") from None
+
+
+def _status(dvc: Dvc) -> dict[str, Any]:
+    import json
+
+    out = dvc.cli("status", "--json")
+    if out.returncode != 0:
+        raise ParallelError(f"parallel: `dvc status` failed: {out.stderr.strip()}")
+    return json.loads(out.stdout or "{}")
+
+
+def plan(dvc: Dvc) -> tuple[list[str], list[str]]:
+    """(the train stages of dvc.yaml, the other stages they depend on), in DVC's order."""
+    import networkx as nx
+
+    with dvc.repo() as repo:
+        graph = repo.index.graph
+        order = list(nx.topological_sort(graph.reverse()))  # a stage after those it depends on
+        ours = {s for s in order if Path(s.path).resolve() == dvc.dvc_yaml.resolve()}
+        train = [s for s in order if s in ours and s.name.startswith(TRAIN + "@")]
+        upstream = {u for s in train for u in nx.descendants(graph, s)} - set(train)
+        if not upstream <= ours:
+            raise ParallelError(f"parallel: the {TRAIN} stages depend on stages outside {dvc.dvc_yaml}: "
+                                f"{sorted(s.addressing for s in upstream - ours)}")
+        return [s.name for s in train], [s.name for s in order if s in upstream]
+
+
+def run(args: Any) -> int:
+    from tcm.config import check_batches, load_config
+    from tcm.locks import exclusive
+
+    slots = _slots(args.gpus, args.jobs)
+    root = _project_root()
+    params = args.params or str(root / "params.yaml")  # DVC's params file, wherever this runs from
+    check_batches(load_config(params), params)
+    print(f"{os.path.relpath(params)}: ok", flush=True)
+
+    with exclusive(root / ".dvc" / "tmp" / "tcm-parallel.lock", f"project {root} (another `tcm parallel`)"):
+        return _run(Dvc(root), slots, args)
+
+
+def _run(dvc: Dvc, slots: list[str | None], args: Any) -> int:
+    train, upstream = plan(dvc)
+    if not train:
+        raise ParallelError(f"parallel: dvc.yaml has no {TRAIN} stages ({TRAIN}@<run>)")
+    if upstream:
+        print(f"tcm parallel: dvc repro {' '.join(upstream)}", flush=True)
+        if dvc.cli("repro", *upstream, capture=False).returncode != 0:
+            print("tcm: error: the stages the train stages depend on failed (above); nothing was trained",
+                  file=sys.stderr)
+            return 1
+    status = _status(dvc)
+    todo = [name for name in train if name in status]
+    workers = " ".join(f"GPU {s}" for s in slots) if slots[0] is not None else f"{len(slots)} CPU worker(s)"
+    print(f"tcm parallel: {len(todo)} of {len(train)} {TRAIN} stages to run on {workers}"
+          f"{'; the others are up to date' if len(todo) < len(train) else ''}", flush=True)
+    pool = Pool(dvc, slots, len(todo))
+    if todo:
+        executor = ThreadPoolExecutor(max_workers=len(slots), thread_name_prefix="tcm-parallel")
+        futures = [executor.submit(pool.run, name) for name in todo]
+        try:
+            for f in futures:
+                f.result()
+        except KeyboardInterrupt:
+            pool.stop()
+            executor.shutdown(wait=True, cancel_futures=True)
+            print("tcm: interrupted; stages not yet committed stay out of date (completed epochs are kept in "
+                  "their checkpoints)", file=sys.stderr)
+            return 130
+        executor.shutdown(wait=True)
+    bad = pool.failed + pool.refused
+    if bad:
+        print(f"tcm: error: {len(bad)} of {len(todo)} {TRAIN} stages not committed ({', '.join(bad)}); "
+              f"{len(pool.committed)} committed. Fix them and run `tcm parallel` again (it runs only what is out "
+              "of date); the rest of the pipeline was not run", file=sys.stderr)
+        return 1
+    stale = [name for name in train if name in _status(dvc)]
+    if stale:
+        print(f"tcm: error: {', '.join(stale)} out of date again (a dependency changed after it was committed); "
+              "run `tcm parallel` again", file=sys.stderr)
+        return 1
+    if args.train_only:
+        print(f"tcm parallel: every {TRAIN} stage is up to date; `dvc repro` runs the rest", flush=True)
+        return 0
+    print("tcm parallel: dvc repro (the rest of the pipeline)", flush=True)
+    return 0 if dvc.cli("repro", capture=False).returncode == 0 else 1
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("parallel", help="the pipeline with its train stages side by side, one per GPU "
+                       "(--gpus 0 1 2 3) or --jobs N on CPU; then `dvc repro` for the rest (docs/gpus.md)")
+    p.add_argument("--gpus", nargs="+", metavar="ID", help="GPU ids (CUDA_VISIBLE_DEVICES values): one worker each")
+    p.add_argument("--jobs", type=_positive, help="number of workers, without GPU pinning (default 1)")
+    p.add_argument("--train-only", action="store_true", help="stop once every train stage is up to date")
+    p.add_argument("--params", help="params file to check first (default: the project's params.yaml)")
+    p.set_defaults(func=run)
+
+
+def _positive(text: str) -> int:
+    import argparse
+
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
