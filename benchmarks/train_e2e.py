@@ -136,7 +136,8 @@ def loader_alone(params_file: Path, decode: str, device: torch.device, batches: 
 
 def _env() -> dict[str, str]:
     """This checkout's tcm first, then whatever PYTHONPATH already holds (carried wheels)."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
+    paths = [str(REPO / "src"), os.environ.get("PYTHONPATH")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
 
 
 def tcm_train(project: Path) -> dict:
