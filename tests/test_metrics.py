@@ -19,8 +19,10 @@ import torch
 
 import tcm.metrics
 from tcm.config import EvaluationConfig
-from tcm.metrics import eps_opis, evaluate_embeddings, opis, utility
+from tcm.metrics import Grid, eps_opis, evaluate_embeddings, opis, utility
+from tcm.metrics import scan as scan_module
 from tcm.metrics.inputs import normalise
+from tcm.metrics.scan import Labels, scan
 
 KS = [1, 2, 4, 8, 16]
 
@@ -33,7 +35,7 @@ def retrieval_metrics(e: np.ndarray, y: np.ndarray, recall_k: list[int], **setti
 def metric_settings(cfg: EvaluationConfig) -> dict:
     """params.yaml's ``evaluation`` section (``opis`` flattened, without the embedding pass's settings) as
     ``evaluate_embeddings`` keywords: the same names."""
-    return {**cfg.model_dump(exclude={"batch_size", "num_workers", "opis"}), **cfg.opis.model_dump()}
+    return {**cfg.model_dump(exclude={"batch_size", "num_workers", "decode", "opis"}), **cfg.opis.model_dump()}
 
 
 # ---------------------------------------------------------------- data
@@ -279,6 +281,109 @@ def test_cpu_and_cuda_agree():
     assert a["recall_at_k"] == pytest.approx(g["recall_at_k"], abs=2e-3)  # near-ties may swap
     for k in ("map_at_r", "r_precision", "opis", "eps_opis"):
         assert a[k] == pytest.approx(g[k], abs=1e-3)
+
+
+# ---------------------------------------------------------------- scan: histograms vs brute force
+def brute_histograms(e: np.ndarray, y: np.ndarray, grid: Grid, rows: np.ndarray | None = None,
+                     pooled: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Per class of the query row: counts of ordered pairs (a, b) by local slot, all b / b in the
+    class, every pair below the window (the self pair included) in slot 0. Exact for dyadic data."""
+    x = np.asarray(e, np.float64)
+    local = np.clip(np.floor(x @ x.T * grid.scale).astype(np.int64) - (grid.j_lo - 1), 0, grid.n_bins + 1)
+    np.fill_diagonal(local, 0)
+    classes, inv = np.unique(y, return_inverse=True)
+    n_rows = 1 if pooled else len(classes)
+    all_c = np.zeros((n_rows, grid.n_slots), np.int64)
+    pos_c = np.zeros_like(all_c)
+    for a in range(len(y)) if rows is None else rows:
+        r = 0 if pooled else inv[a]
+        all_c[r] += np.bincount(local[a], minlength=grid.n_slots)
+        pos_c[r] += np.bincount(local[a, inv == inv[a]], minlength=grid.n_slots)
+    return all_c, pos_c
+
+
+# Windows on a 2^-10 grid (dyadic similarities are multiples of 2^-12: quarter bins, and many
+# exactly on an edge): two that leave cells below and above them (a lower edge below 0, where the
+# floor matters, and one above 0 with a minority of the cells inside), and one that holds every
+# similarity (only the self-matches fall below it).
+WINDOWS = {"negative edge": (-0.03, 0.2), "positive edge": (0.05, 0.25), "everything": (-1.0, 1.0)}
+
+
+@pytest.mark.parametrize("binning", ["dense", "compact"])
+@pytest.mark.parametrize("window", list(WINDOWS))
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
+def test_scan_histograms_match_brute_force(binning, window, chunk):
+    e, y = dyadic(240, 30, 0)
+    grid = Grid.covering(*WINDOWS[window], 10)
+    s = (e @ e.T)[~np.eye(len(y), dtype=bool)] * grid.scale
+    if window == "everything":
+        assert (s >= grid.j_lo).all() and (s < grid.j_lo + grid.n_bins).all()
+    else:
+        assert (s < grid.j_lo).any() and (s >= grid.j_lo + grid.n_bins).any()
+        assert window == "negative edge" or (s >= grid.j_lo).mean() < 0.4
+    sums, hist = scan(torch.from_numpy(e.astype(np.float32)), Labels.of(y), grid, KS, chunk, binning=binning)
+    all_c, pos_c = brute_histograms(e, y, grid)
+    np.testing.assert_array_equal(hist.all_counts, all_c)
+    np.testing.assert_array_equal(hist.pos_counts, pos_c)
+    want = brute_retrieval(brute_sims(e, True), y, KS)
+    assert sums.n_queries == want["num_queries"]
+    assert {str(k): v / sums.n_queries for k, v in sums.hits.items()} == want["recall_at_k"]
+    assert sums.ap_sum / sums.n_queries == pytest.approx(want["map_at_r"], abs=1e-12)
+    assert sums.r_precision_sum / sums.n_queries == pytest.approx(want["r_precision"], abs=1e-12)
+
+
+@pytest.mark.parametrize("lo", [-37.0, 5.0])
+def test_compact_and_dense_binning_agree(lo):
+    """The two binnings of one chunk: quarter-unit values (ties on every edge) around a lower edge
+    below / above 0, rows of three classes, a third of the cells in or above the window (more than
+    the quarter of the chunk compacted per step, so it takes two). The compact one leaves the
+    underflow slots at 0; every other slot is the brute-force count."""
+    rng = np.random.default_rng(3)
+    m, n, n_bins = 40, 500, 6
+    s = torch.from_numpy((rng.integers(-70, 40, (m, n)) / 4 + lo).astype(np.float32))
+    s[:, :7] = float("-inf")
+    slots, hi = n_bins + 2, lo + n_bins + 1
+    assert 0.25 < (s >= lo + 1).float().mean() < 0.5 and (s >= hi).any()
+    cls = np.arange(m) * 3 // m
+    row_off = torch.from_numpy((cls * slots - lo).astype(np.int32))
+    compact = scan_module._count_compact(s.clone(), row_off, lo, hi, 3 * slots).view(3, slots).numpy()
+    dense = scan_module._count_dense(s.clone(), row_off, lo, hi, 3 * slots, None, 1).view(3, slots).numpy()
+    local = np.clip(np.floor(s.numpy()) - lo, 0, n_bins + 1).astype(int)
+    want = np.stack([np.bincount(local[cls == c].ravel(), minlength=slots) for c in range(3)])
+    np.testing.assert_array_equal(dense, want)
+    np.testing.assert_array_equal(compact[:, 1:], want[:, 1:])
+    assert (compact[:, 0] == 0).all() and (want[:, 0] > 0).all()
+
+
+@pytest.mark.parametrize("binning", ["dense", "compact"])
+def test_scan_pooled_pilot_matches_brute_force(binning):
+    e, y = dyadic(200, 20, 1)
+    grid = Grid.covering(*WINDOWS["negative edge"], 10)
+    rows = np.random.default_rng(0).choice(len(y), 50, replace=False)
+    _, hist = scan(torch.from_numpy(e.astype(np.float32)), Labels.of(y), grid, None, 16, query_rows=rows,
+                   pooled=True, binning=binning)
+    all_c, pos_c = brute_histograms(e, y, grid, rows, pooled=True)
+    np.testing.assert_array_equal(hist.all_counts, all_c)
+    np.testing.assert_array_equal(hist.pos_counts, pos_c)
+    assert hist.negative_pairs.tolist() == [sum(int((y != y[a]).sum()) for a in rows)]
+
+
+def test_scan_bincount_split_over_threads(monkeypatch):
+    """The CPU path splits a chunk's bincount over threads; the counts stay those of one call."""
+    e, y = dyadic(300, 25, 2)
+    grid = Grid.covering(*WINDOWS["negative edge"], 10)
+    x = torch.from_numpy(e.astype(np.float32))
+    _, one = scan(x, Labels.of(y), grid, None, 100, binning="dense")
+    monkeypatch.setattr(scan_module, "POOL_MIN_CELLS", 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        _, split = scan(x, Labels.of(y), grid, None, 100, binning="dense")
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(split.all_counts, one.all_counts)
+    np.testing.assert_array_equal(split.pos_counts, one.pos_counts)
+    np.testing.assert_array_equal(one.all_counts, brute_histograms(e, y, grid)[0])
 
 
 # ---------------------------------------------------------------- vs pytorch-metric-learning

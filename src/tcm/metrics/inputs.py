@@ -12,9 +12,10 @@ import os
 import numpy as np
 import torch
 
-# Bytes of working memory per (query row, gallery column) of a chunk: the float32 similarity
-# block and the int32 bin indices made from it.
-BYTES_PER_CELL = 8
+# Bytes of working memory per (query row, gallery column) of a chunk (see tcm.metrics.scan): on
+# the CPU the float32 similarity block, binned in place; on other devices ("compact" binning) also
+# a bool mask and the in-window cells, selected at most a quarter of the chunk at a time.
+BYTES_PER_CELL = {"cpu": 4, "other": 9}
 MAX_CHUNK_BYTES = 512 * 2**20
 
 
@@ -93,7 +94,8 @@ def default_chunk_size(n_gallery: int, device: torch.device, k: int = 0) -> int:
     at most 512 MiB (larger chunks no longer speed up the matrix product, they only raise the
     peak). A multiple of 16, between 16 and 8192."""
     budget = min(MAX_CHUNK_BYTES, available_memory(device) // 8)
-    rows = budget // (BYTES_PER_CELL * max(n_gallery, 1) + 48 * k)
+    per_cell = BYTES_PER_CELL["cpu" if device.type == "cpu" else "other"]
+    rows = budget // (per_cell * max(n_gallery, 1) + 48 * k)
     return int(min(8192, max(16, rows // 16 * 16)))
 
 
