@@ -197,9 +197,8 @@ def test_loader_draws_m_per_class_batches_per_process(tmp_path, digits_dir) -> N
 # ---------------------------------------------------------------- the loop
 
 
-def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path, digits_dir,
-                                                                                monkeypatch) -> None:
-    cfg = config_for(tmp_path, digits_dir, epochs=3)
+def poison_loss_at_call(monkeypatch, call: int) -> None:
+    """Make the base loss NaN at its ``call``-th evaluation (counted over the whole run)."""
     real = train.build_criterion
     calls = {"n": 0}
 
@@ -211,12 +210,18 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(t
             def forward(self, emb, labels, *rest):
                 calls["n"] += 1
                 out = base(emb, labels, *rest)
-                return out * float("nan") if calls["n"] == 2 + 2 else out  # epoch 2 has 2 steps: its 2nd
+                return out * float("nan") if calls["n"] == call else out
 
         crit.base = Poison()
         return crit
 
     monkeypatch.setattr(train, "build_criterion", poisoned)
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path, digits_dir,
+                                                                                monkeypatch) -> None:
+    cfg = config_for(tmp_path, digits_dir, epochs=3)
+    poison_loss_at_call(monkeypatch, 2 + 2)  # epoch 2 has 2 steps: its 2nd
     with pytest.raises(train.TrainingDiverged, match=r"loss is nan at epoch 2, step 2.*epoch 1"):
         train.run(cfg, "r", progress=False)
     state = torch.load(tmp_path / "runs/r/train/seed-0/checkpoint.pt", weights_only=True)
@@ -383,23 +388,7 @@ def test_the_loop_reads_the_loss_on_the_host_every_sync_every_steps(tmp_path, di
     train.run(cfg, "r", progress=False)
     assert len(reads) == 3
 
-    real = train.build_criterion
-    calls = {"n": 0}
-
-    def poisoned(*a, **k):
-        crit = real(*a, **k)
-        base = crit.base
-
-        class Poison(nn.Module):
-            def forward(self, emb, labels, *rest):
-                calls["n"] += 1
-                out = base(emb, labels, *rest)
-                return out * float("nan") if calls["n"] == 7 else out
-
-        crit.base = Poison()
-        return crit
-
-    monkeypatch.setattr(train, "build_criterion", poisoned)
+    poison_loss_at_call(monkeypatch, 7)
     reads.clear()
     (tmp_path / "b").mkdir()
     cfg = config_for(tmp_path / "b", digits_dir, epochs=1, batch_size=10, m_per_class=2, samples_per_epoch=120)
