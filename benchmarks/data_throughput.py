@@ -31,16 +31,7 @@ from tcm.data.preprocess import preprocess_manifest
 from tcm.data.specs import prepare_benchmark
 from tcm.data.synthetic import make_tiny_cub
 from tcm.data.transforms import train_transform
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from tcm.device import cpu_model
 
 
 def measure(manifest_dir: Path, workers: int, batch_size: int, epochs: int) -> float:

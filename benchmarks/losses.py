@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from tcm.config import LossConfig, ModelConfig, TCMConfig, deep_merge
+from tcm.device import cpu_model
 from tcm.losses import ThresholdConsistentMargin, build_criterion
 from tcm.strict_yaml import load_yaml
 
@@ -396,14 +397,7 @@ def cpu_pressure() -> str:
 
 
 def machine(device: torch.device) -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     try:
         load = open("/proc/loadavg").read().split()[:3]
     except OSError:

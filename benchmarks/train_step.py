@@ -21,26 +21,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import statistics
 import time
 
 import torch
 
 from tcm.config import LossConfig, ModelConfig, TCMConfig
+from tcm.device import cpu_model
 from tcm.losses import ThresholdConsistentMargin, build_criterion
 from tcm.models import build_model
 from tcm.train import train_step
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def bench(backbone: str, size: int, batch: int, m: int, device: torch.device, rounds: int, steps: int,

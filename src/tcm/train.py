@@ -676,7 +676,7 @@ def _epochs(a: _Attempt, seed: int, parts: _Parts, model: nn.Module, raw_model: 
                                 chunk_size=t.chunk_size, clip_grad_value=t.clip_grad_value, frozen=frozen,
                                 world_size=d.world_size, check_finite=False)
             parts.scheduler.step()
-            meter.add(step, torch.stack([losses[k].detach().float() for k in LOSS_PARTS]), len(y))
+            meter.add(step, torch.stack([losses[k].float() for k in LOSS_PARTS]), len(y))
             seen += len(y) * d.world_size
             if step % SYNC_EVERY == 0 or step == len(loader):
                 state = meter.read(d.world_size)
