@@ -17,16 +17,30 @@ E2E_RUNS = ("digits-ms", "digits-ms-tcm")
 E2E_SEEDS = (0, 1)
 
 
-def repo_params() -> dict:
-    return yaml.safe_load((REPO / "params.yaml").read_text())
+def repo_params(profile: str = "digits") -> dict:
+    """A profile of the repository as params (the `digits` profile is the quick fixture of most tests)."""
+    return yaml.safe_load((REPO / "profiles" / f"{profile}.yaml").read_text())
 
 
 def tiny_params(runs: tuple[str, ...] = ("digits-ms", "digits-ms-tcm"), epochs: int = 2, mlflow: bool = False,
                 seeds: tuple[int, ...] = (0,)) -> dict:
-    """The default params reduced to a few quick runs (2 epochs of 160 images, one seed)."""
+    """The digits profile reduced to a few quick runs (2 epochs of 160 images, one seed)."""
     p = repo_params()
     p["runs"] = {k: v for k, v in p["runs"].items() if k in runs}
     p["run_defaults"]["train"].update(epochs=epochs, samples_per_epoch=160, seeds=list(seeds))
+    p["mlflow"]["enabled"] = mlflow
+    return p
+
+
+def tiny_glyphs_params(runs: tuple[str, ...] = ("glyphs-ms", "glyphs-ms-tcm"), epochs: int = 1,
+                       mlflow: bool = False, seeds: tuple[int, ...] = (0,)) -> dict:
+    """The default profile (glyphs, pretrain stage, margin rule) shrunk to seconds: 8 pretrain, 6 train
+    and 6 test classes of 8 images, 1 pretrain epoch, a few runs."""
+    p = repo_params("default")
+    p["datasets"]["glyphs"]["glyphs"].update(pretrain_classes=8, train_classes=6, test_classes=6, per_class=8)
+    p["datasets"]["glyphs"]["pretrain"].update(epochs=1, batch_size=16)
+    p["runs"] = {k: v for k, v in p["runs"].items() if k in runs}
+    p["run_defaults"]["train"].update(epochs=epochs, batch_size=16, seeds=list(seeds))
     p["mlflow"]["enabled"] = mlflow
     return p
 

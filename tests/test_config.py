@@ -13,14 +13,18 @@ from tcm.config import ConfigError, deep_merge, load_config, parse_config, resol
 
 def test_repository_params_are_valid() -> None:
     cfg = load_config(REPO / "params.yaml")
-    assert set(cfg.runs) == {"digits-ms", "digits-ms-tcm", "digits-pa", "digits-pa-tcm"}
+    assert set(cfg.runs) == {"glyphs-ms", "glyphs-ms-tcm", "glyphs-pa", "glyphs-pa-tcm"}
     # run_defaults are merged under each run: the TCM runs differ only in tcm.enabled
-    a, b = resolved_run(cfg, "digits-ms"), resolved_run(cfg, "digits-ms-tcm")
+    a, b = resolved_run(cfg, "glyphs-ms"), resolved_run(cfg, "glyphs-ms-tcm")
     assert a["tcm"]["enabled"] is False and b["tcm"]["enabled"] is True
     same = ("run", "tcm")
     assert {k: v for k, v in a.items() if k not in same} == {k: v for k, v in b.items() if k not in same}
-    assert cfg.runs["digits-pa"].loss.name == "proxy_anchor"
+    assert cfg.runs["glyphs-pa"].loss.name == "proxy_anchor"
     assert cfg.base_dir == REPO
+    # The default fine-tunes the pretrain stage's backbone, with TCM margins set by the train-split rule.
+    assert cfg.dataset("glyphs").pretrain is not None and cfg.dataset("glyphs").glyphs.test_classes >= 100
+    assert str(cfg.runs["glyphs-ms"].model.weights_path) == "pretrained/glyphs/backbone.pt"
+    assert cfg.runs["glyphs-ms-tcm"].tcm.margins == "train_quantiles"
 
 
 def test_loss_params_table_matches_the_loss_classes() -> None:

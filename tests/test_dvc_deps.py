@@ -28,6 +28,7 @@ pytestmark = pytest.mark.e2e
 SRC = PACKAGE_DIR.parent  # .../src
 NOTEBOOK_STAGES = {
     "data": ("01_data.ipynb", {"dataset": "digits"}),
+    "pretrain": ("00_pretrain.ipynb", {"dataset": "digits"}),
     "train": ("02_train.ipynb", {"run": "digits-ms"}),
     "evaluate": ("03_evaluate.ipynb", {"run": "digits-ms"}),
     "report": ("04_report.ipynb", {}),

@@ -21,7 +21,7 @@ from tcm.report import find_pairs
 PROFILES = REPO / "profiles"
 
 
-@pytest.mark.parametrize("name", ["default", "paper", "landscape", "toy", "smoke"])
+@pytest.mark.parametrize("name", ["default", "digits", "paper", "landscape", "toy", "smoke"])
 def test_profile_renders_to_valid_params(name: str, tmp_path) -> None:
     out = activate(name, PROFILES, tmp_path / "params.yaml")
     cfg = load_config(out)

@@ -32,7 +32,9 @@ from tcm.errors import TcmError
 from tcm.runfiles import RunDir
 from tcm.strict_yaml import YamlError, load_yaml
 
-DATASET_SOURCES = ("sklearn_digits", "mnist", "cub", "cars196", "sop", "inat2018")
+DATASET_SOURCES = ("glyphs", "sklearn_digits", "mnist", "cub", "cars196", "sop", "inat2018")
+# Sources whose images the package writes itself (no download): the data stage regenerates them.
+EMBEDDED_SOURCES = ("glyphs", "sklearn_digits", "mnist")
 BACKBONES = ("small_cnn", "resnet50", "vit_b_16", "vit_tiny")  # vit_tiny: 32 px, for smoke runs
 # Base losses by params name, with the keyword arguments each accepts from params (constructor
 # arguments minus those the code sets; the classes are in tcm.losses.registry). Written out rather
@@ -77,8 +79,36 @@ class SyntheticConfig(_Strict):
     seed: NonNegativeInt = 0
 
 
+class GlyphsConfig(_Strict):
+    """The generated open world of the default (tcm.data.glyphs): three disjoint sets of classes."""
+
+    pretrain_classes: NonNegativeInt = 200  # for the upstream pretraining stage (the default's "ImageNet")
+    train_classes: Annotated[int, Strict(), Field(ge=2)] = 100
+    test_classes: Annotated[int, Strict(), Field(ge=2)] = 100
+    per_class: Annotated[int, Strict(), Field(ge=2, le=10_000)] = 20
+    size: Annotated[int, Strict(), Field(ge=8, le=512)] = 32  # pixels (square, grayscale PNG)
+    seed: NonNegativeInt = 0
+
+
+class PretrainConfig(_Strict):
+    """Upstream pretraining of a backbone on the data set's ``pretrain`` classes (disjoint from train and
+    test), as the paper's backbones come pretrained on ImageNet: softmax classification, once, shared
+    by every run and seed that sets ``model.weights_path`` to its output (``pretrained/<dataset>/backbone.pt``)."""
+
+    backbone: Literal[BACKBONES] = "small_cnn"  # type: ignore[valid-type]
+    epochs: Annotated[int, Strict(), Field(gt=0, le=10_000)] = 10
+    batch_size: PositiveInt = 128
+    lr: PositiveFloat = 1e-3  # Adam, cosine decay to 0
+    weight_decay: NonNegativeFloat = 1e-4
+    seed: NonNegativeInt = 0
+
+
 class DatasetConfig(_Strict):
     source: Literal[DATASET_SOURCES]  # type: ignore[valid-type]
+    # source glyphs: what to generate (required there, refused elsewhere).
+    glyphs: GlyphsConfig | None = None
+    # Pretrain a backbone on the `pretrain` split (sources with one: glyphs) in the pretrain stage.
+    pretrain: PretrainConfig | None = None
     # Benchmarks only: generate a tiny copy under data/<name>/source and parse it with the real parser
     # (counts are then non-standard by design).
     synthetic: SyntheticConfig | None = None
@@ -111,7 +141,13 @@ class DatasetConfig(_Strict):
         if self.preprocess_short_side is not None and self.preprocess_short_side < self.image_size:
             raise ValueError(f"preprocess_short_side ({self.preprocess_short_side}) must be >= image_size "
                              f"({self.image_size}), or the crops would be upsampled")
-        if self.preprocess_short_side is not None and self.source in ("sklearn_digits", "mnist"):
+        if (self.glyphs is not None) != (self.source == "glyphs"):
+            raise ValueError(f"glyphs: settings are required for source 'glyphs' and apply to it only "
+                             f"(source '{self.source}')")
+        if self.pretrain is not None and (self.glyphs is None or self.glyphs.pretrain_classes < 2):
+            raise ValueError("pretrain needs a data set with a pretrain split of at least 2 classes "
+                             "(source glyphs with glyphs.pretrain_classes >= 2)")
+        if self.preprocess_short_side is not None and self.source in EMBEDDED_SOURCES:
             raise ValueError(f"preprocess_short_side applies to the benchmarks (cub, cars196, sop, inat2018), "
                              f"not to source '{self.source}'")
         lo, hi = self.crop_scale
@@ -195,14 +231,22 @@ class TCMConfig(_Strict):
     """The TCM regularizer (paper section 5.2 defaults)."""
 
     enabled: bool = False
+    # fixed: m+ and m- as written below. train_quantiles: set per seed before the first step, from the
+    # initial model's cosine similarities on the train split (never the test split): m+ = the
+    # pos_quantile of the positive pairs, m- = the neg_quantile of the negative pairs (tcm.margins).
+    margins: Literal["fixed", "train_quantiles"] = "fixed"
     pos_margin: float = Field(0.9, ge=-1.0, le=1.0)  # m+: positives below this are penalised
     neg_margin: float = Field(0.5, ge=-1.0, le=1.0)  # m-: negatives above this are penalised
+    pos_quantile: float = Field(0.5, ge=0.0, le=1.0)  # margins: train_quantiles only
+    neg_quantile: float = Field(0.5, ge=0.0, le=1.0)
     pos_weight: NonNegativeFloat = 1.0  # lambda+
     neg_weight: NonNegativeFloat = 1.0  # lambda-
+    # lambda+ and lambda- ramp linearly from 0 in epoch 1 to their value in epoch warmup_epochs + 1.
+    warmup_epochs: NonNegativeInt = 0
 
     @model_validator(mode="after")
     def _margins(self) -> TCMConfig:
-        if self.neg_margin >= self.pos_margin:
+        if self.margins == "fixed" and self.neg_margin >= self.pos_margin:
             raise ValueError(
                 f"neg_margin (m-) must be below pos_margin (m+), but got m- = {self.neg_margin} "
                 f">= m+ = {self.pos_margin}"
@@ -323,6 +367,7 @@ class MlflowConfig(_Strict):
 
 class PathsConfig(_Strict):
     data: Path = Path("data")
+    pretrained: Path = Path("pretrained")  # the pretrain stage's backbones: pretrained/<dataset>/
     runs: Path = Path("runs")
     reports: Path = Path("reports")
 
@@ -371,6 +416,9 @@ class Config(_Strict):
     def data_dir(self, name: str) -> Path:
         return self.path(self.paths.data) / name
 
+    def pretrained_dir(self, dataset: str) -> Path:
+        return self.path(self.paths.pretrained) / dataset
+
 
 def check_batches(cfg: Config, source: str = "params.yaml") -> None:
     """Each run's batch of one process needs batch_size / m_per_class distinct train classes: checked
@@ -390,6 +438,8 @@ def known_train_classes(ds: DatasetConfig) -> int | None:
     """How many classes the train split of ``ds`` will have, where params alone tell (digits, MNIST,
     synthetic copies); None for real benchmark files, whose count the train stage checks before
     writing anything."""
+    if ds.glyphs is not None:
+        return ds.glyphs.train_classes
     if ds.train_classes is not None:
         return len(set(ds.train_classes))
     if ds.closed_set_test_share is not None:

@@ -123,3 +123,14 @@ def run_utility(curves: pd.DataFrame, title: str) -> plt.Figure:
 def by_seed(history: pd.DataFrame):
     """(seed, rows) per seed; a history without a seed column is one seed."""
     return history.groupby("seed") if "seed" in history else [("?", history)]
+
+
+def pretrain_summary(out_dir) -> pd.DataFrame | str:
+    """The pretrain stage's loss and train accuracy per epoch, or its note when nothing was pretrained."""
+    import json
+    from pathlib import Path
+
+    info = json.loads((Path(out_dir) / "info.json").read_text())
+    if not info["pretrained"]:
+        return info["note"]
+    return pd.DataFrame(info["history"]).set_index("epoch")

@@ -41,15 +41,17 @@ from tqdm import tqdm
 
 from tcm.atomic import atomic_path, write_json
 from tcm.checkpoint import read_checkpoint, save_checkpoint
-from tcm.config import Config, ConfigError, RunConfig, resolved_run, training_settings
+from tcm.config import Config, ConfigError, DatasetConfig, RunConfig, resolved_run, training_settings
 from tcm.data import read_manifest
 from tcm.data.batches import InputPipeline, input_pipeline
 from tcm.data.dataset import ManifestDataset
 from tcm.device import environment, pick_device
+from tcm.embed import embed
 from tcm.errors import TcmError
 from tcm.fingerprint import code_fingerprint
 from tcm.locks import exclusive
 from tcm.losses import Criterion, build_criterion
+from tcm.losses.margins import quantile_margins, ramp
 from tcm.models import build_model, structure_signature
 from tcm.runfiles import CheckpointError, RunDir
 from tcm.samplers import RskSampler
@@ -443,6 +445,48 @@ def _build(run_cfg: RunConfig, seed: int, num_classes: int, device: torch.device
     return _Parts(model, criterion, optimizer, make_scheduler(run_cfg, optimizer, steps_per_epoch))
 
 
+def _resolve_weights(cfg: Config, run_cfg: RunConfig) -> RunConfig:
+    """``model.weights_path`` relative to params.yaml's folder, as every path of params.yaml."""
+    path = run_cfg.model.weights_path
+    if path is None or Path(path).is_absolute():
+        return run_cfg
+    return run_cfg.model_copy(update={"model": run_cfg.model.model_copy(update={"weights_path": cfg.path(path)})})
+
+
+def _file_digest(path: Path | None) -> str | None:
+    """SHA-256 of a weights file, so that new pretrained weights never resume an attempt begun on old ones."""
+    if path is None or not Path(path).is_file():
+        return None
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _set_margins(a: _Attempt, parts: _Parts, state: dict | None) -> dict | None:
+    """Apply ``tcm.margins: train_quantiles``: the margins saved with a resumed checkpoint, else the
+    rule's quantiles of the initial model's train-split similarities (tcm.losses.margins). Returns
+    the margins set, or None with fixed margins."""
+    tcm = a.run_cfg.tcm
+    if parts.criterion.tcm is None or tcm.margins != "train_quantiles":
+        return None
+    if state is not None and state.get("tcm_margins"):
+        margins = state["tcm_margins"]
+    else:
+        ds = a.pipeline.dataset
+        test_view = input_pipeline(read_manifest(a.data_dir), "train", a.dataset_cfg, "workers", a.device, train=False)
+        parts.model.eval()
+        emb = embed(parts.model, test_view, a.eval_batch_size, a.device, progress=False)
+        parts.model.train()
+        m_pos, m_neg = quantile_margins(emb, ds.labels, tcm.pos_quantile, tcm.neg_quantile, where=f"runs.{a.name}.tcm")
+        margins = {"pos_margin": m_pos, "neg_margin": m_neg}
+        _notice(a.d, f"run {a.name}: TCM margins from the train split's pairs (initial model): "
+                     f"m+ = {m_pos:.4f} (q{tcm.pos_quantile:g} of positives), m- = {m_neg:.4f} "
+                     f"(q{tcm.neg_quantile:g} of negatives)")
+    parts.criterion.tcm.pos_margin, parts.criterion.tcm.neg_margin = margins["pos_margin"], margins["neg_margin"]
+    return margins
+
+
 def _restore(parts: _Parts, state: dict) -> None:
     parts.model.load_state_dict(state["model"])
     parts.criterion.base.load_state_dict(state["loss"])
@@ -502,7 +546,7 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
     """Train run ``name`` of ``cfg`` once per seed of ``train.seeds``; an interrupted call resumes
     (see :func:`_start_attempt`), a finished run is trained again. Refused (:class:`LockedError`)
     while another process trains the same run folder."""
-    run_cfg = cfg.run(name)
+    run_cfg = _resolve_weights(cfg, cfg.run(name))
     run_dir = cfg.run_dir(name)
     with contextlib.ExitStack() as stack:
         d = stack.enter_context(distributed(run_cfg.train.device))
@@ -522,7 +566,8 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
 
         # What a checkpoint must match to be resumed: settings (not evaluation's), process count, torch
         # version, and the source of every tcm module training runs.
-        run_hash = config_hash({**training_settings(settings), "world_size": d.world_size, "torch": torch.__version__})
+        run_hash = config_hash({**training_settings(settings), "world_size": d.world_size, "torch": torch.__version__,
+                                "weights": _file_digest(run_cfg.model.weights_path)})
         code = code_fingerprint(__name__)
         if d.main:
             run_dir.root.mkdir(parents=True, exist_ok=True)
@@ -542,11 +587,12 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
         info = {"run": name, "settings": settings, "run_hash": run_hash, "code_fingerprint": code, "environment": env,
                 "num_train_classes": int(len(classes)), "world_size": d.world_size, "seeds": {}}
         attempt = _Attempt(name, run_cfg, run_dir, settings, loader, pipeline, classes, device, d, tracker, progress,
-                           run_hash, code, env, resuming)
+                           run_hash, code, env, resuming, cfg.data_dir(run_cfg.dataset), cfg.dataset(run_cfg.dataset),
+                           cfg.evaluation.batch_size)
         histories: dict[int, list[dict]] = {}
         for seed in t.seeds:
-            seed_hash, histories[seed] = _train_seed(attempt, seed, histories)
-            info["seeds"][str(seed)] = {"config_hash": seed_hash}
+            seed_hash, histories[seed], margins = _train_seed(attempt, seed, histories)
+            info["seeds"][str(seed)] = {"config_hash": seed_hash, **({"tcm_margins": margins} if margins else {})}
             if d.main:
                 write_json(run_dir.info, info)
         if d.main:
@@ -574,11 +620,15 @@ class _Attempt:
     code: str
     env: dict
     resuming: bool  # continues an interrupted attempt (see _start_attempt)
+    data_dir: Path
+    dataset_cfg: DatasetConfig
+    eval_batch_size: int  # images per forward pass when embedding the train split for the margin rule
 
 
-def _train_seed(a: _Attempt, seed: int, histories: dict[int, list[dict]]) -> tuple[str, list[dict]]:
-    """Train (or finish, or keep, within an interrupted attempt) one seed; returns its hash and history
-    (``histories``: the seeds before it, written with it to history.csv)."""
+def _train_seed(a: _Attempt, seed: int, histories: dict[int, list[dict]]) -> tuple[str, list[dict], dict | None]:
+    """Train (or finish, or keep, within an interrupted attempt) one seed; returns its hash, history
+    (``histories``: the seeds before it, written with it to history.csv) and the TCM margins it used
+    when a rule set them."""
     run_cfg, name, run_dir, loader, classes, device, d, tracker = (
         a.run_cfg, a.name, a.run_dir, a.loader, a.classes, a.device, a.d, a.tracker)
     t = run_cfg.train
@@ -608,8 +658,9 @@ def _train_seed(a: _Attempt, seed: int, histories: dict[int, list[dict]]) -> tup
                         "from scratch")
                 parts, state = _build(run_cfg, seed, len(classes), device, len(loader)), None
     start_epoch, history = (state["epoch"] + 1, list(state["history"])) if state is not None else (1, [])
+    margins = _set_margins(a, parts, state)
     if start_epoch > t.epochs:
-        return seed_hash, history  # finished earlier in this same, interrupted attempt
+        return seed_hash, history, margins  # finished earlier in this same, interrupted attempt
     if state is not None:
         _notice(d, f"resuming run {name} seed {seed} after epoch {state['epoch']} of {t.epochs}")
 
@@ -630,7 +681,7 @@ def _train_seed(a: _Attempt, seed: int, histories: dict[int, list[dict]]) -> tup
             "model": raw_model.state_dict(), "loss": parts.criterion.base.state_dict(),
             "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(), "epoch": epoch,
             "epochs": t.epochs, "history": history, "config_hash": seed_hash, "code": a.code, "seed": seed,
-            "settings": a.settings, "classes": classes.tolist(), "world_size": d.world_size})
+            "settings": a.settings, "classes": classes.tolist(), "world_size": d.world_size, "tcm_margins": margins})
 
     if d.main and state is None:
         checkpoint(0)  # a seed killed in its first epoch then resumes, and continues its MLflow run
@@ -646,7 +697,7 @@ def _train_seed(a: _Attempt, seed: int, histories: dict[int, list[dict]]) -> tup
     if d.main:
         tracker.set_stage(run_id, "train")
         tracker.end_run(run_id)
-    return seed_hash, history
+    return seed_hash, history, margins
 
 
 def _epochs(a: _Attempt, seed: int, parts: _Parts, model: nn.Module, raw_model: nn.Module, history: list[dict],
@@ -664,6 +715,8 @@ def _epochs(a: _Attempt, seed: int, parts: _Parts, model: nn.Module, raw_model: 
         # Seeding per epoch makes a resumed run draw exactly the batches an uninterrupted one would.
         seed_everything(epoch_seed(seed, epoch, d.rank))
         set_epoch(parts.scheduler, epoch)
+        if parts.criterion.tcm is not None:
+            parts.criterion.tcm.scale = ramp(run_cfg.tcm.warmup_epochs, epoch)
         model.train()
         frozen = backbone_params if epoch <= t.warmup_epochs else ()
         meter, seen, t0, step = LossMeter(device), 0, time.perf_counter(), 0

@@ -121,6 +121,15 @@ def cmd_data_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from tcm import pretrain
+
+    cfg = load_config(args.params)
+    out = pretrain.run(cfg, args.dataset)
+    print(f"pretrain {args.dataset} -> {out}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from tcm import train
 
@@ -212,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: all cores)")
     _params_arg(p)
     p.set_defaults(func=cmd_data_preprocess)
+
+    p = sub.add_parser("pretrain", help="pretrain a data set's backbone on its pretrain classes "
+                       "(writes pretrained/DATASET/; a data set without `pretrain:` gets a note only)")
+    p.add_argument("dataset")
+    _params_arg(p)
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("train", help="train one run of params.yaml")
     p.add_argument("run")

@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from tcm.config import DatasetConfig
+from tcm.config import EMBEDDED_SOURCES, DatasetConfig
 from tcm.data.manifest import DataError, Manifest, read_manifest, write_manifest
 from tcm.data.specs import BENCHMARK_NAMES
 
@@ -25,12 +25,16 @@ __all__ = ["BENCHMARK_NAMES", "DataError", "Manifest", "ManifestDataset", "prepa
 
 
 def _prepare_embedded(cfg: DatasetConfig, out_dir: Path) -> Path:
-    """Digits and MNIST: images are written into ``out_dir`` (regenerated from scratch each time)."""
+    """Glyphs, digits and MNIST: images are written into ``out_dir`` (regenerated from scratch each time)."""
     # A staging folder, renamed at the end, so a stale or half-written image never survives a re-run.
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    if cfg.source == "sklearn_digits":
+    if cfg.source == "glyphs":
+        from tcm.data.glyphs import prepare_glyphs
+
+        table, used = prepare_glyphs(cfg.glyphs, staging), cfg.source
+    elif cfg.source == "sklearn_digits":
         from tcm.data.digits import prepare_digits
 
         table, used = prepare_digits(cfg, staging), cfg.source
@@ -53,7 +57,7 @@ def prepare(cfg: DatasetConfig, out_dir: Path | str) -> Path:
     unless every check passed.
     """
     out_dir = Path(out_dir)
-    if cfg.source in ("sklearn_digits", "mnist"):
+    if cfg.source in EMBEDDED_SOURCES:
         return _prepare_embedded(cfg, out_dir)
     if cfg.source in BENCHMARK_NAMES:
         from tcm.data.specs import build_table, get_benchmark

@@ -15,6 +15,9 @@ MANIFEST = "manifest.csv"
 INFO = "dataset.json"
 COLUMNS = ("path", "label", "split")
 SPLITS = ("train", "test")
+# A third split of classes disjoint from both, for the upstream pretraining stage (generated data sets).
+PRETRAIN = "pretrain"
+ALL_SPLITS = (PRETRAIN, *SPLITS)
 
 
 class DataError(TcmError, ValueError):
@@ -27,8 +30,8 @@ class Manifest:
     image_root: Path
 
     def split(self, split: str) -> pd.DataFrame:
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, but got {split!r}")
+        if split not in ALL_SPLITS:
+            raise ValueError(f"split must be one of {ALL_SPLITS}, but got {split!r}")
         return self.table[self.table["split"] == split].reset_index(drop=True)
 
 
@@ -38,15 +41,19 @@ def check_table(table: pd.DataFrame, where: str, closed_set: bool = False) -> No
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
         raise DataError(f"{where}: missing columns {missing}; expected {list(COLUMNS)}")
-    bad_split = sorted(set(table["split"]) - set(SPLITS))
+    bad_split = sorted(set(table["split"]) - set(ALL_SPLITS))
     if bad_split:
-        raise DataError(f"{where}: unknown split values {bad_split}; expected {list(SPLITS)}")
+        raise DataError(f"{where}: unknown split values {bad_split}; expected {list(ALL_SPLITS)}")
     if not pd.api.types.is_integer_dtype(table["label"]):
         raise DataError(f"{where}: column 'label' must hold integers, but has dtype {table['label'].dtype}")
     overlap = set(table.loc[table.split == "train", "label"]) & set(table.loc[table.split == "test", "label"])
     if overlap and not closed_set:
         raise DataError(f"{where}: {len(overlap)} labels are in both train and test (e.g. {sorted(overlap)[:5]}); "
                         "open-world splits need disjoint classes")
+    shared = set(table.loc[table.split == PRETRAIN, "label"]) & set(table.loc[table.split != PRETRAIN, "label"])
+    if shared:
+        raise DataError(f"{where}: {len(shared)} pretrain labels are also in train or test (e.g. {sorted(shared)[:5]}); "
+                        "the pretrain classes must be disjoint from both")
 
 
 def write_manifest(out_dir: Path | str, table: pd.DataFrame, image_root: Path | str, source: str,
@@ -58,8 +65,9 @@ def write_manifest(out_dir: Path | str, table: pd.DataFrame, image_root: Path | 
     check_table(table, str(out_dir / MANIFEST), closed_set)
     with atomic_path(out_dir / MANIFEST) as tmp:
         table.to_csv(tmp, index=False)
+    present = [s for s in ALL_SPLITS if s in SPLITS or (table.split == s).any()]
     counts = {s: {"images": int((table.split == s).sum()), "classes": int(table.label[table.split == s].nunique())}
-              for s in SPLITS}
+              for s in present}
     info = {"source": source, "image_root": str(image_root), "counts": counts}
     write_json(out_dir / INFO, {**info, "closed_set": True} if closed_set else info)
     return out_dir / MANIFEST

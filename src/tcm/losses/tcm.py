@@ -23,6 +23,7 @@ class ThresholdConsistentMargin(nn.Module):
             raise ValueError(f"neg_margin must be below pos_margin, but got {neg_margin} >= {pos_margin}")
         self.pos_margin, self.neg_margin = pos_margin, neg_margin
         self.pos_weight, self.neg_weight = pos_weight, neg_weight
+        self.scale = 1.0  # lambda+ and lambda- are multiplied by this (tcm.warmup_epochs ramps it)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         emb = F.normalize(embeddings.float(), dim=-1)
@@ -36,7 +37,7 @@ class ThresholdConsistentMargin(nn.Module):
         # Mean over violating pairs only (s <= m+ / s >= m-); pairs exactly at the margin add 0.
         pos_term = _mean_over(pos_violation, pos <= self.pos_margin)
         neg_term = _mean_over(neg_violation, neg >= self.neg_margin)
-        return self.pos_weight * pos_term + self.neg_weight * neg_term
+        return self.scale * (self.pos_weight * pos_term + self.neg_weight * neg_term)
 
 
 def _mean_over(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
