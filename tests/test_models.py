@@ -34,17 +34,38 @@ def test_gem_pooling_and_layernorm_neck() -> None:
         build_model(ModelConfig(backbone="vit_b_16", pooling="gem"))
 
 
-def test_frozen_batchnorm_keeps_statistics_and_affine_parameters() -> None:
+def test_frozen_batchnorm_keeps_statistics_and_trains_affine_parameters() -> None:
+    # As RS@k (src/netlib.py L116-118) and Smooth-AP (src/netlib.py L89-91): BatchNorm in eval mode
+    # (running statistics frozen), its weight and bias (gamma, beta) still learn.
     torch.manual_seed(0)
     model = build_model(ModelConfig(backbone="small_cnn", embedding_dim=8, freeze_bn=True)).train()
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    before = [(m.running_mean.clone(), m.running_var.clone()) for m in bns]
-    model(torch.randn(8, 3, 32, 32)).sum().backward()
-    assert model.training and all(not m.training for m in bns)
-    assert all(not p.requires_grad and p.grad is None for m in bns for p in m.parameters())
-    for m, (mean, var) in zip(bns, before):
+    assert bns and model.training and all(not m.training for m in bns)
+    before = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns]
+    model(torch.randn(8, 3, 32, 32))  # a forward in train mode
+    for m, (mean, var, count) in zip(bns, before):
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
+        assert torch.equal(m.num_batches_tracked, count)
+    emb = model(torch.randn(8, 3, 32, 32))
+    (emb @ torch.randn(8, 8)).pow(2).sum().backward()
+    for m in bns:
+        for name, p in m.named_parameters():
+            assert p.requires_grad, name
+            assert p.grad is not None and torch.count_nonzero(p.grad) > 0, name
+    for m, (mean, var, _) in zip(bns, before):  # the backward pass changes no statistic either
         assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
     assert model.head.weight.grad is not None
+    # the optimizer (tcm.train.make_optimizer takes the parameters that require gradients) holds them
+    from tcm.config import LossConfig, RunConfig, TrainConfig
+    from tcm.train import make_optimizer
+
+    run = RunConfig(dataset="d", model=ModelConfig(backbone="small_cnn", freeze_bn=True),
+                    loss=LossConfig(name="rs_at_k"), train=TrainConfig())
+    held = {id(p) for g in make_optimizer(run, model, []).param_groups for p in g["params"]}
+    assert all(id(p) in held for m in bns for p in m.parameters())
+    # eval() and train() again: still frozen statistics, trainable affine parameters
+    model.eval().train()
+    assert all(not m.training and m.weight.requires_grad for m in bns)
     # without freeze_bn a train-mode forward updates the statistics
     free = build_model(ModelConfig(backbone="small_cnn", embedding_dim=8)).train()
     mean0 = next(m for m in free.modules() if isinstance(m, nn.BatchNorm2d)).running_mean.clone()

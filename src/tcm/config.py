@@ -139,6 +139,8 @@ class ModelConfig(_Strict):
     # ImageNet weights: torchvision's download when online, or `weights_path` (a local state_dict).
     pretrained: bool = False
     weights_path: Path | None = None
+    # BatchNorm keeps its loaded running statistics (eval mode) while training; its affine weight and
+    # bias still train (RS@k, Smooth-AP; ProxyAnchor after its warm-up). See tcm.models.EmbeddingNet.train.
     freeze_bn: bool = False
     # ResNet-50 only: global pooling before the head ("gem": generalized mean, as RS@k's netlib.py).
     pooling: Literal["avg", "gem"] = "avg"

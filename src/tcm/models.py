@@ -206,12 +206,17 @@ class EmbeddingNet(nn.Module):
     def train(self, mode: bool = True) -> EmbeddingNet:
         super().train(mode)
         if mode and self.freeze_bn:
-            # Frozen BatchNorm: running statistics and affine parameters stay as loaded.
+            # Frozen BatchNorm statistics: each BatchNorm normalises with its loaded running mean and
+            # variance and never updates them (eval mode), while its affine weight and bias (gamma,
+            # beta) keep training, as RS@k (src/netlib.py L116-118) and Smooth-AP (src/netlib.py
+            # L89-91) put BatchNorm in eval mode only. ProxyAnchor's --bn-freeze also sets their
+            # requires_grad to False (code/net/resnet.py L150-155), but its train.py L280-285 turns it
+            # back on for every non-embedding parameter at epoch --warm (>= 1 in all its published
+            # commands) and its optimizer holds them (L236-240), so there too they train after the
+            # warm-up, which train.warmup_epochs reproduces.
             for m in self.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
-                    for p in m.parameters():
-                        p.requires_grad_(False)
         return self
 
 
