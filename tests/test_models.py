@@ -110,6 +110,46 @@ def test_offline_download_error_says_how_to_get_the_weights(monkeypatch) -> None
         build_model(ModelConfig(backbone="small_cnn", pretrained=True))
 
 
+def test_imagenet1k_v1_requests_torchvisions_first_resnet50_weights(monkeypatch, tmp_path) -> None:
+    # The references' ResNet-50 (RS@k / Smooth-AP: pretrainedmodels' resnet50; ProxyAnchor: torchvision's
+    # resnet50(pretrained=True)) is torchvision's IMAGENET1K_V1. No network: get_state_dict is replaced.
+    from torchvision.models import ResNet50_Weights, resnet50
+
+    torch.manual_seed(3)
+    served = resnet50(weights=None).state_dict()  # what the download would return (fc included)
+    asked = []
+
+    def cached(self, *a, **k):
+        asked.append(self)
+        return served
+
+    monkeypatch.setattr(type(ResNet50_Weights.IMAGENET1K_V1), "get_state_dict", cached)
+    model = build_model(ModelConfig(backbone="resnet50", pretrained=True, weights="imagenet1k_v1"))
+    assert asked == [ResNet50_Weights.IMAGENET1K_V1]
+    for k, v in model.backbone.state_dict().items():
+        assert torch.equal(v, served[k]), k
+    asked.clear()
+    build_model(ModelConfig(backbone="resnet50", pretrained=True))  # imagenet1k: torchvision's DEFAULT
+    assert asked == [ResNet50_Weights.IMAGENET1K_V2] and ResNet50_Weights.DEFAULT == ResNet50_Weights.IMAGENET1K_V2
+
+    v1_url = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
+
+    def offline(self, *a, **k):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(type(ResNet50_Weights.IMAGENET1K_V1), "get_state_dict", offline)
+    with pytest.raises(WeightsError) as info:
+        build_model(ModelConfig(backbone="resnet50", pretrained=True, weights="imagenet1k_v1"))
+    msg = str(info.value)
+    assert "ResNet50_Weights.IMAGENET1K_V1" in msg and v1_url in msg and "model.weights_path" in msg
+    assert "IMAGENET1K_V2" not in msg and "network is unreachable" in msg
+    missing = tmp_path / "resnet50-0676ba61.pth"
+    with pytest.raises(WeightsError, match=rf"{missing} does not exist.*IMAGENET1K_V1 \({v1_url}\)"):
+        build_model(ModelConfig(backbone="resnet50", weights="imagenet1k_v1", weights_path=missing))
+    with pytest.raises(ValueError, match="imagenet1k_v1"):  # pydantic's ValidationError
+        ModelConfig(backbone="small_cnn", weights="imagenet1k_v1")
+
+
 def test_structure_signature_tracks_what_a_checkpoint_needs() -> None:
     a = structure_signature(build_model(ModelConfig(backbone="small_cnn", embedding_dim=8)))
     assert a == structure_signature(build_model(ModelConfig(backbone="small_cnn", embedding_dim=8)))

@@ -146,14 +146,21 @@ class ModelConfig(_Strict):
     pooling: Literal["avg", "gem"] = "avg"
     # LayerNorm between backbone and linear head (RS@k's netlib.py does this for ResNet-50 and ViT).
     head_layernorm: bool = False
-    # Which pretrained weights `pretrained`/`weights_path` mean: ImageNet-1k (torchvision's), or for
-    # vit_b_16 ImageNet-21k through timm, as RS@k's code trains its ViT (see docs/recipes.md).
-    weights: Literal["imagenet1k", "imagenet21k"] = "imagenet1k"
+    # Which pretrained weights `pretrained`/`weights_path` mean (docs/recipes.md, "Pretrained weights"):
+    #   imagenet1k     torchvision's recommended ImageNet-1k weights (its DEFAULT): ResNet-50 IMAGENET1K_V2
+    #                  (80.9% top-1, 2021 training recipe), ViT-B/16 IMAGENET1K_V1;
+    #   imagenet1k_v1  torchvision's first ImageNet-1k release, IMAGENET1K_V1: for ResNet-50 (76.1% top-1) the
+    #                  weights RS@k, Smooth-AP (pretrainedmodels' resnet50) and ProxyAnchor start from;
+    #   imagenet21k    vit_b_16 only: timm's ImageNet-21k ViT-B/16, as RS@k's code trains its ViT.
+    weights: Literal["imagenet1k", "imagenet1k_v1", "imagenet21k"] = "imagenet1k"
 
     @model_validator(mode="after")
     def _weights(self) -> ModelConfig:
         if self.weights == "imagenet21k" and self.backbone != "vit_b_16":
             raise ValueError(f"weights 'imagenet21k' is offered for backbone vit_b_16 only, not {self.backbone!r}")
+        if self.weights == "imagenet1k_v1" and self.backbone not in ("resnet50", "vit_b_16"):
+            raise ValueError(f"weights 'imagenet1k_v1' is offered for backbones resnet50 and vit_b_16 (torchvision's "
+                             f"ImageNet weights), not {self.backbone!r}")
         return self
 
 
