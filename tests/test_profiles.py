@@ -48,6 +48,32 @@ def test_paper_profile_is_the_32_run_matrix_with_published_recipes(tmp_path) -> 
     assert cfg.runs["sop-resnet50-rs_at_k"].train.batch_size == 4000
 
 
+def test_paper_profile_trains_as_the_references_float32_and_torchvision_v1(tmp_path) -> None:
+    cfg = load_config(activate("paper", PROFILES, tmp_path / "params.yaml"))
+    assert all(run.train.amp is False for run in cfg.runs.values())  # recipes' run_defaults: amp: false
+    assert {run.model.weights for run in cfg.runs.values() if run.model.backbone == "resnet50"} == {"imagenet1k_v1"}
+    # the smoke profile's stand-ins drop the slot's weights (a small CNN has none)
+    smoke = load_config(activate("smoke", PROFILES, tmp_path / "smoke.yaml"))
+    assert {run.model.weights for run in smoke.runs.values() if run.model.backbone == "small_cnn"} == {"imagenet1k"}
+
+
+def test_a_recipe_entry_sets_its_own_precision(tmp_path) -> None:
+    """`train.amp` per recipe entry: an entry's value wins over the recipes' run_defaults, and the
+    profile's params carry it."""
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "profiles").mkdir()
+    recipes = yaml.safe_load((REPO / "configs/recipes.yaml").read_text())
+    recipes["run_defaults"]["train"]["amp"] = True  # bf16 by default here ...
+    recipes["runs"]["cub/resnet50/rs_at_k"]["train"]["amp"] = False  # ... but this recipe trains in float32
+    (tmp_path / "configs/recipes.yaml").write_text(yaml.safe_dump(recipes, sort_keys=False))
+    shutil.copy2(PROFILES / "paper.yaml", tmp_path / "profiles/paper.yaml")
+    cfg = load_config(activate("paper", tmp_path / "profiles", tmp_path / "params.yaml"))
+    amp = {name: run.train.amp for name, run in cfg.runs.items()}
+    assert amp["cub-resnet50-rs_at_k"] is False and amp["cub-resnet50-rs_at_k-tcm"] is False
+    assert sum(amp.values()) == 30  # the other 30 runs take run_defaults' amp: true
+    assert "amp: false" in (tmp_path / "params.yaml").read_text()
+
+
 def test_unknown_profile_and_bad_matrix_are_refused_and_params_untouched(tmp_path, capsys) -> None:
     target = tmp_path / "params.yaml"
     target.write_text("keep me\n")
