@@ -173,6 +173,12 @@ class LossConfig(_Strict):
     miner: bool = True
     # ProxyAnchor's proxies learn this many times faster than the network (its authors use 100).
     proxy_lr_multiplier: PositiveFloat = 100.0
+    # rs_at_k only: SiMix, RS@k's similarity mixup (its src/main.py L37 `--mixup`, 0 = off by default and in
+    # its README's main commands): every same-class pair of the batch adds a virtual positive, a random
+    # convex mix of the two embeddings (tcm.losses.recall_at_k.simix). A setting of its own, not a
+    # `params` entry, so that it is checked here as a boolean (strictly: true/false, not "yes" or 1); TCM
+    # always sees the real embeddings.
+    simix: Annotated[bool, Strict()] = False
 
     @field_validator("params", mode="before")
     @classmethod
@@ -196,7 +202,10 @@ class LossConfig(_Strict):
         accepted = LOSS_PARAMS[self.name]
         unknown = sorted(set(self.params) - set(accepted))
         if unknown:
-            raise ValueError(f"unknown params {unknown} for loss '{self.name}'; accepted: {list(accepted)}")
+            hint = " (SiMix is the setting loss.simix, not a params entry)" if "simix" in unknown else ""
+            raise ValueError(f"unknown params {unknown} for loss '{self.name}'; accepted: {list(accepted)}{hint}")
+        if self.simix and self.name != "rs_at_k":
+            raise ValueError(f"simix (RS@k's similarity mixup) applies to loss 'rs_at_k' only, not '{self.name}'")
         return self
 
 
