@@ -11,7 +11,7 @@ from pytorch_metric_learning.losses import SmoothAPLoss, ThresholdConsistentMarg
 
 from tcm.config import ConfigError, LossConfig, TCMConfig, parse_config
 from tcm.losses import ThresholdConsistentMargin, build_criterion
-from tcm.losses.recall_at_k import RecallAtKSurrogate
+from tcm.losses.recall_at_k import RecallAtKSurrogate, simix
 from tcm.losses.registry import BASE_LOSSES
 from tcm.losses.smooth_ap import SmoothAP
 
@@ -163,6 +163,139 @@ def test_rs_at_k_does_not_depend_on_batch_order_and_handles_no_positives() -> No
     assert loss(emb, labels).item() == pytest.approx(loss(emb[perm], labels[perm]).item(), abs=1e-6)
     lonely = loss(emb[:4].requires_grad_(True), torch.arange(4))
     assert lonely.item() == 0.0
+
+
+# ---------------------------------------------------------------- SiMix (RS@k's similarity mixup)
+
+
+def test_simix_mixes_every_same_class_pair_hand_worked() -> None:
+    # Classes interleaved (0, 1, 0, 1, 0): class 0 = x0, x2, x4; class 1 = x1, x3.
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [-1.0, 0.0], [0.0, -1.0]])
+    labels = torch.tensor([0, 1, 0, 1, 0])
+    # same-class pairs (a < b) in row order: (0, 2), (0, 4), (1, 3), (2, 4), one alpha each
+    alphas = torch.tensor([0.25, 0.5, 0.75, 1.0])
+    emb, lab = simix(x, labels, alphas)
+    want = torch.tensor([
+        [0.25 * 1.0 + 0.75 * 0.6, 0.25 * 0.0 + 0.75 * 0.8],    # .25 x0 + .75 x2 = (.7, .6)
+        [0.5 * 1.0 + 0.5 * 0.0, 0.5 * 0.0 + 0.5 * -1.0],        # .5 x0 + .5 x4  = (.5, -.5)
+        [0.75 * 0.0 + 0.25 * -1.0, 0.75 * 1.0 + 0.25 * 0.0],    # .75 x1 + .25 x3 = (-.25, .75)
+        [0.6, 0.8],                                             # 1 x2 + 0 x4 = x2
+    ])
+    torch.testing.assert_close(emb[:5], x)  # the batch itself comes first, unchanged
+    torch.testing.assert_close(emb[5:], want)
+    assert lab.tolist() == [0, 1, 0, 1, 0, 0, 0, 1, 0]
+    # not re-normalised: |(.5, -.5)| = .707, so s(q, mix) = alpha s(q, a) + (1 - alpha) s(q, b)
+    assert emb[6].norm().item() == pytest.approx(0.5 ** 0.5)
+    # m images of a class give m (m - 1) / 2 mixes (RS@k: 3, 6, 15 for m = 3, 4, 6); a single image none
+    for m, pairs in ((3, 3), (4, 6), (6, 15)):
+        e, lab = simix(torch.randn(2 * m + 1, 4), torch.tensor([0] * m + [1] * m + [2]))
+        assert len(e) == 2 * m + 1 + 2 * pairs and lab[2 * m + 1:].bincount().tolist() == [pairs, pairs]
+    with pytest.raises(ValueError, match="expected 4 alphas"):
+        simix(x, labels, torch.tensor([0.5]))
+
+
+def _reference_sigmoid(tensor, temp=1.0):  # RS@k src/losses.py L15-19
+    exponent = torch.clamp(-tensor / temp, min=-50, max=50)
+    return 1.0 / (1.0 + torch.exp(exponent))
+
+
+def _reference_recall_at_k(preds, q_id, num_id, bs, k_vals, k_temperatures, anneal):
+    """RS@k src/losses.py RecallatK (44b7011, L21-69) for query q_id, transcribed for the CPU."""
+    k_vals = [min(bs, k) for k in k_vals]  # L29: capped at the un-mixed batch size (opt.bs)
+    batch_size = preds.shape[0]
+    samples_per_class = int(batch_size / num_id)
+    norm_vals = torch.tensor([min(k, samples_per_class - 1) for k in k_vals], dtype=preds.dtype)
+    group_num = int(q_id / samples_per_class)
+    sim_all = (preds[q_id] * preds).sum(1)
+    sim_all_g = sim_all.view(num_id, int(batch_size / num_id))
+    sim_diff_all = sim_all.unsqueeze(-1) - sim_all_g[group_num, :].unsqueeze(0).repeat(batch_size, 1)
+    sim_sg = _reference_sigmoid(sim_diff_all, temp=anneal)
+    for i in range(samples_per_class):
+        sim_sg[group_num * samples_per_class + i, i] = 0.
+    sim_all_rk = (1.0 + torch.sum(sim_sg, dim=0)).unsqueeze(dim=0)
+    sim_all_rk[:, q_id % samples_per_class] = 0.
+    sim_all_rk = sim_all_rk.unsqueeze(dim=-1).repeat(1, 1, len(k_vals))
+    kv = torch.tensor(k_vals, dtype=preds.dtype).unsqueeze(dim=0).unsqueeze(dim=0).repeat(1, samples_per_class, 1)
+    sim_all_rk = kv - sim_all_rk
+    for given_k in range(0, len(k_vals)):
+        sim_all_rk[:, :, given_k] = _reference_sigmoid(sim_all_rk[:, :, given_k], temp=float(k_temperatures[given_k]))
+    sim_all_rk[:, q_id % samples_per_class, :] = 0.
+    recall = torch.minimum(torch.sum(sim_all_rk, dim=1), torch.tensor(k_vals, dtype=preds.dtype).unsqueeze(dim=0))
+    recall = torch.sum(torch.div(torch.sum(recall, dim=0), norm_vals)) / len(k_vals)
+    return (1. - recall) / batch_size
+
+
+# RS@k src/mixup.py pos_mixup, num_pos == 4 (L79-107): fake = alpha * t[i + a] + (1 - alpha) * t[i + b]
+# for these (a, b), in this order, one np.random.rand() each; each class's 6 fakes follow its 4 images
+# (L125-131).
+_REFERENCE_PAIRS_M4 = [(0, 1), (1, 2), (2, 3), (0, 3), (0, 2), (1, 3)]
+
+
+def _reference_pos_mixup(tensor, alphas):
+    out, it = [], iter(alphas)
+    for i in range(0, tensor.shape[0], 4):
+        fakes = []
+        for a, b in _REFERENCE_PAIRS_M4:
+            alpha = next(it)
+            fakes.append(alpha * tensor[i + a, :] + (1. - alpha) * tensor[i + b, :])
+        out += [tensor[i:i + 4], torch.stack(fakes)]
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("tau", [0.01, 0.1])
+def test_rs_at_k_simix_matches_the_reference_code(tau: float) -> None:
+    # RS@k's training step with --mixup 1 (src/main.py L234-247): pos_mixup on the unit embeddings, then
+    # the loss summed over every query of the mixed batch; gradients flow back through the mixes.
+    g = torch.Generator().manual_seed(7)
+    classes, m = 5, 4
+    x = F.normalize(torch.randn(classes * m, 16, generator=g), dim=1)
+    labels = torch.arange(classes).repeat_interleave(m)  # RS@k's batches: each class's m images in a row
+    ks, temps = [1, 2, 4, 8, 16], [1, 2, 4, 8, 16]
+    ours_in, ref_in = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    torch.manual_seed(11)
+    ours = RecallAtKSurrogate(ks, temps, temperature=tau, include_query=True, simix=True)(ours_in, labels)
+    torch.manual_seed(11)
+    drawn = torch.rand(classes * 6)  # the forward's draw: one alpha per pair, pairs in row order
+    ours_order = [(a, b) for a in range(m) for b in range(a + 1, m)]  # (0,1) (0,2) (0,3) (1,2) (1,3) (2,3)
+    alphas = [float(drawn[c * 6 + ours_order.index(pair)]) for c in range(classes) for pair in _REFERENCE_PAIRS_M4]
+    # RS@k's network ends with normalize (netlib.py L133), through which its gradients flow as through ours
+    mixed = _reference_pos_mixup(F.normalize(ref_in, dim=-1), alphas)
+    assert mixed.shape == (classes * (m + 6), 16)
+    ref = sum(_reference_recall_at_k(mixed, q, classes, classes * m, ks, temps, tau) for q in range(len(mixed)))
+    assert ours.item() == pytest.approx(ref.item(), abs=1e-5)
+    ours.backward()
+    ref.backward()
+    torch.testing.assert_close(ours_in.grad, ref_in.grad, atol=1e-5, rtol=1e-3)
+    assert ours_in.grad.abs().sum() > 0
+
+
+def test_simix_off_leaves_the_loss_unchanged_and_draws_nothing() -> None:
+    g = torch.Generator().manual_seed(3)
+    emb, labels = torch.randn(16, 8, generator=g), torch.arange(4).repeat_interleave(4)
+    state = torch.get_rng_state()
+    off = RecallAtKSurrogate(simix=False)(emb, labels)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert off.item() == pytest.approx(brute_force_rs_at_k(emb, labels, [1, 2, 4, 8, 16], [1, 2, 4, 8, 16],
+                                                           0.01, True).item(), abs=1e-5)
+    off_criterion = build_criterion(LossConfig(name="rs_at_k"), TCMConfig(enabled=True), 4, 8)
+    assert off_criterion(emb, labels)["base_loss"].item() == off.item()
+    # on: another objective (virtual positives), and TCM still sees the real embeddings only
+    on = build_criterion(LossConfig(name="rs_at_k", simix=True), TCMConfig(enabled=True), 4, 8)
+    assert on.base.simix and not off_criterion.base.simix
+    parts = on(emb, labels)
+    assert abs(parts["base_loss"].item() - off.item()) > 1e-4
+    assert parts["tcm_loss"].item() == ThresholdConsistentMargin()(emb, labels).item()
+
+
+def test_simix_is_a_boolean_setting_of_rs_at_k_only() -> None:
+    assert LossConfig(name="rs_at_k").simix is False  # off, as RS@k's --mixup 0
+    assert parse_config(_params_with_loss({"name": "rs_at_k", "simix": True})).runs["r"].loss.simix is True
+    with pytest.raises(ConfigError, match=r"runs\.r\.loss: simix .*'rs_at_k' only, not 'smooth_ap'"):
+        parse_config(_params_with_loss({"name": "smooth_ap", "simix": True}))
+    with pytest.raises(ConfigError, match=r"unknown params \['simix'\].*loss\.simix"):
+        parse_config(_params_with_loss({"name": "rs_at_k", "params": {"simix": True}}))
+    with pytest.raises(ConfigError, match=r"runs\.r\.loss\.simix"):
+        parse_config(_params_with_loss({"name": "rs_at_k", "simix": "yes"}))
 
 
 # ---------------------------------------------------------------- Smooth-AP

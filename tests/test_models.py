@@ -34,17 +34,38 @@ def test_gem_pooling_and_layernorm_neck() -> None:
         build_model(ModelConfig(backbone="vit_b_16", pooling="gem"))
 
 
-def test_frozen_batchnorm_keeps_statistics_and_affine_parameters() -> None:
+def test_frozen_batchnorm_keeps_statistics_and_trains_affine_parameters() -> None:
+    # As RS@k (src/netlib.py L116-118) and Smooth-AP (src/netlib.py L89-91): BatchNorm in eval mode
+    # (running statistics frozen), its weight and bias (gamma, beta) still learn.
     torch.manual_seed(0)
     model = build_model(ModelConfig(backbone="small_cnn", embedding_dim=8, freeze_bn=True)).train()
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    before = [(m.running_mean.clone(), m.running_var.clone()) for m in bns]
-    model(torch.randn(8, 3, 32, 32)).sum().backward()
-    assert model.training and all(not m.training for m in bns)
-    assert all(not p.requires_grad and p.grad is None for m in bns for p in m.parameters())
-    for m, (mean, var) in zip(bns, before):
+    assert bns and model.training and all(not m.training for m in bns)
+    before = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns]
+    model(torch.randn(8, 3, 32, 32))  # a forward in train mode
+    for m, (mean, var, count) in zip(bns, before):
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
+        assert torch.equal(m.num_batches_tracked, count)
+    emb = model(torch.randn(8, 3, 32, 32))
+    (emb @ torch.randn(8, 8)).pow(2).sum().backward()
+    for m in bns:
+        for name, p in m.named_parameters():
+            assert p.requires_grad, name
+            assert p.grad is not None and torch.count_nonzero(p.grad) > 0, name
+    for m, (mean, var, _) in zip(bns, before):  # the backward pass changes no statistic either
         assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
     assert model.head.weight.grad is not None
+    # the optimizer (tcm.train.make_optimizer takes the parameters that require gradients) holds them
+    from tcm.config import LossConfig, RunConfig, TrainConfig
+    from tcm.train import make_optimizer
+
+    run = RunConfig(dataset="d", model=ModelConfig(backbone="small_cnn", freeze_bn=True),
+                    loss=LossConfig(name="rs_at_k"), train=TrainConfig())
+    held = {id(p) for g in make_optimizer(run, model, []).param_groups for p in g["params"]}
+    assert all(id(p) in held for m in bns for p in m.parameters())
+    # eval() and train() again: still frozen statistics, trainable affine parameters
+    model.eval().train()
+    assert all(not m.training and m.weight.requires_grad for m in bns)
     # without freeze_bn a train-mode forward updates the statistics
     free = build_model(ModelConfig(backbone="small_cnn", embedding_dim=8)).train()
     mean0 = next(m for m in free.modules() if isinstance(m, nn.BatchNorm2d)).running_mean.clone()
@@ -87,6 +108,46 @@ def test_offline_download_error_says_how_to_get_the_weights(monkeypatch) -> None
         build_model(ModelConfig(backbone="resnet50", pretrained=True))
     with pytest.raises(WeightsError, match="no ImageNet weights"):
         build_model(ModelConfig(backbone="small_cnn", pretrained=True))
+
+
+def test_imagenet1k_v1_requests_torchvisions_first_resnet50_weights(monkeypatch, tmp_path) -> None:
+    # The references' ResNet-50 (RS@k / Smooth-AP: pretrainedmodels' resnet50; ProxyAnchor: torchvision's
+    # resnet50(pretrained=True)) is torchvision's IMAGENET1K_V1. No network: get_state_dict is replaced.
+    from torchvision.models import ResNet50_Weights, resnet50
+
+    torch.manual_seed(3)
+    served = resnet50(weights=None).state_dict()  # what the download would return (fc included)
+    asked = []
+
+    def cached(self, *a, **k):
+        asked.append(self)
+        return served
+
+    monkeypatch.setattr(type(ResNet50_Weights.IMAGENET1K_V1), "get_state_dict", cached)
+    model = build_model(ModelConfig(backbone="resnet50", pretrained=True, weights="imagenet1k_v1"))
+    assert asked == [ResNet50_Weights.IMAGENET1K_V1]
+    for k, v in model.backbone.state_dict().items():
+        assert torch.equal(v, served[k]), k
+    asked.clear()
+    build_model(ModelConfig(backbone="resnet50", pretrained=True))  # imagenet1k: torchvision's DEFAULT
+    assert asked == [ResNet50_Weights.IMAGENET1K_V2] and ResNet50_Weights.DEFAULT == ResNet50_Weights.IMAGENET1K_V2
+
+    v1_url = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
+
+    def offline(self, *a, **k):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(type(ResNet50_Weights.IMAGENET1K_V1), "get_state_dict", offline)
+    with pytest.raises(WeightsError) as info:
+        build_model(ModelConfig(backbone="resnet50", pretrained=True, weights="imagenet1k_v1"))
+    msg = str(info.value)
+    assert "ResNet50_Weights.IMAGENET1K_V1" in msg and v1_url in msg and "model.weights_path" in msg
+    assert "IMAGENET1K_V2" not in msg and "network is unreachable" in msg
+    missing = tmp_path / "resnet50-0676ba61.pth"
+    with pytest.raises(WeightsError, match=rf"{missing} does not exist.*IMAGENET1K_V1 \({v1_url}\)"):
+        build_model(ModelConfig(backbone="resnet50", weights="imagenet1k_v1", weights_path=missing))
+    with pytest.raises(ValueError, match="imagenet1k_v1"):  # pydantic's ValidationError
+        ModelConfig(backbone="small_cnn", weights="imagenet1k_v1")
 
 
 def test_structure_signature_tracks_what_a_checkpoint_needs() -> None:

@@ -21,7 +21,7 @@ from tcm.report import find_pairs
 PROFILES = REPO / "profiles"
 
 
-@pytest.mark.parametrize("name", ["default", "digits", "paper", "landscape", "toy", "smoke"])
+@pytest.mark.parametrize("name", ["default", "digits", "paper", "landscape", "toy", "smoke", "cub-quick"])
 def test_profile_renders_to_valid_params(name: str, tmp_path) -> None:
     out = activate(name, PROFILES, tmp_path / "params.yaml")
     cfg = load_config(out)
@@ -48,6 +48,32 @@ def test_paper_profile_is_the_32_run_matrix_with_published_recipes(tmp_path) -> 
     assert cfg.runs["sop-resnet50-rs_at_k"].train.batch_size == 4000
 
 
+def test_paper_profile_trains_as_the_references_float32_and_torchvision_v1(tmp_path) -> None:
+    cfg = load_config(activate("paper", PROFILES, tmp_path / "params.yaml"))
+    assert all(run.train.amp is False for run in cfg.runs.values())  # recipes' run_defaults: amp: false
+    assert {run.model.weights for run in cfg.runs.values() if run.model.backbone == "resnet50"} == {"imagenet1k_v1"}
+    # the smoke profile's stand-ins drop the slot's weights (a small CNN has none)
+    smoke = load_config(activate("smoke", PROFILES, tmp_path / "smoke.yaml"))
+    assert {run.model.weights for run in smoke.runs.values() if run.model.backbone == "small_cnn"} == {"imagenet1k"}
+
+
+def test_a_recipe_entry_sets_its_own_precision(tmp_path) -> None:
+    """`train.amp` per recipe entry: an entry's value wins over the recipes' run_defaults, and the
+    profile's params carry it."""
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "profiles").mkdir()
+    recipes = yaml.safe_load((REPO / "configs/recipes.yaml").read_text())
+    recipes["run_defaults"]["train"]["amp"] = True  # bf16 by default here ...
+    recipes["runs"]["cub/resnet50/rs_at_k"]["train"]["amp"] = False  # ... but this recipe trains in float32
+    (tmp_path / "configs/recipes.yaml").write_text(yaml.safe_dump(recipes, sort_keys=False))
+    shutil.copy2(PROFILES / "paper.yaml", tmp_path / "profiles/paper.yaml")
+    cfg = load_config(activate("paper", tmp_path / "profiles", tmp_path / "params.yaml"))
+    amp = {name: run.train.amp for name, run in cfg.runs.items()}
+    assert amp["cub-resnet50-rs_at_k"] is False and amp["cub-resnet50-rs_at_k-tcm"] is False
+    assert sum(amp.values()) == 30  # the other 30 runs take run_defaults' amp: true
+    assert "amp: false" in (tmp_path / "params.yaml").read_text()
+
+
 def test_unknown_profile_and_bad_matrix_are_refused_and_params_untouched(tmp_path, capsys) -> None:
     target = tmp_path / "params.yaml"
     target.write_text("keep me\n")
@@ -63,20 +89,67 @@ def test_unknown_profile_and_bad_matrix_are_refused_and_params_untouched(tmp_pat
     assert target.read_text() == "keep me\n"
 
 
-def test_paper_profile_dry_run_lists_every_stage(tmp_path) -> None:
+def _dry_run_stages(tmp_path: Path, profile: str) -> tuple[set[str], dict]:
+    """The stages `dvc repro --dry --force` lists in a temporary copy of the project with ``profile``
+    active, and that profile's runs."""
     for item in ("dvc.yaml", ".dvc/config", ".tcm/params.ok", "notebooks", "src", "profiles", "configs"):
         src = REPO / item
         (tmp_path / item).parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp_path / item)
-    activate("paper", tmp_path / "profiles", tmp_path / "params.yaml")
+    activate(profile, tmp_path / "profiles", tmp_path / "params.yaml")
     run_command(["git", "init", "-q"], tmp_path)
     # --force: plain --dry stops at the first dependency that an upstream stage has not made yet
     # (a DVC limitation, treeverse/dvc#9021); with it, every stage's command is listed.
     out = run_command(["dvc", "repro", "--dry", "--force"], tmp_path).stdout
-    runs = load_config(tmp_path / "params.yaml").runs
+    stages = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    return stages, load_config(tmp_path / "params.yaml").runs
+
+
+def test_paper_profile_dry_run_lists_every_stage(tmp_path) -> None:
+    stages, runs = _dry_run_stages(tmp_path, "paper")
     expected = {"validate", "report", *(f"data@{d}" for d in ("cub", "cars196", "sop", "inat2018")),
                 *(f"{s}@{r}" for s in ("train", "evaluate") for r in runs)}
-    assert {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")} == expected
+    assert stages == expected
+
+
+def test_cub_quick_profile_is_the_cub_rs_at_k_recipe_sized_for_ten_minutes(tmp_path) -> None:
+    cfg = load_config(activate("cub-quick", PROFILES, tmp_path / "params.yaml"))
+    assert sorted(cfg.runs) == ["cub-resnet50-rs_at_k", "cub-resnet50-rs_at_k-tcm"]
+    assert [p.with_tcm for p in find_pairs(cfg)] == ["cub-resnet50-rs_at_k-tcm"]
+    recipe = yaml.safe_load((REPO / "configs/recipes.yaml").read_text())["runs"]["cub/resnet50/rs_at_k"]
+    for name, run in cfg.runs.items():
+        assert (run.dataset, run.model.backbone, run.loss.name, run.tcm.enabled) == (
+            "cub", "resnet50", "rs_at_k", name.endswith("-tcm"))
+        assert run.model.pretrained and run.model.weights == "imagenet1k_v1" and run.model.weights_path is None
+        assert run.model.freeze_bn and run.model.pooling == "gem" and run.model.head_layernorm
+        t = run.train
+        assert (t.batch_size, t.lr, t.optimizer, t.sampler) == (
+            recipe["train"]["batch_size"], recipe["train"]["lr"], recipe["train"]["optimizer"], "rsk")
+        assert t.seeds == [0, 1, 2] and t.epochs == 30 < recipe["train"]["epochs"]
+        assert t.lr_milestones == [10, 20] and t.amp is True and t.chunk_size is None
+        assert run.loss.params == recipe["loss"]["params"] and run.loss.simix is False
+    ds = cfg.datasets["cub"]
+    assert set(cfg.datasets) == {"cub"} and ds.root is not None and ds.download is False
+    header = (PROFILES / "cub-quick.yaml").read_text().split("\npaths:")[0]
+    for fact in ("5,864", "2,550 img/s", "41 images", "720,000 images / 2,550 img/s = 282 s", "30 of 40 epochs",
+                 "resnet50-0676ba61.pth", "weights_path", "datasets.cub.root", "tcm profile cub-quick"):
+        assert fact in header, fact
+    # a local data root and pre-downloaded weights, edited into the profile as its header says
+    text = (PROFILES / "cub-quick.yaml").read_text()
+    text = text.replace("    root: raw/cub ", "    root: /data/CUB_200_2011 ")
+    text = text.replace("    weights_path: null ", "    weights_path: /models/resnet50-0676ba61.pth ")
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles/cub-quick.yaml").write_text(text)
+    shutil.copytree(REPO / "configs", tmp_path / "configs")
+    local = load_config(activate("cub-quick", tmp_path / "profiles", tmp_path / "local.yaml"))
+    assert local.datasets["cub"].root == Path("/data/CUB_200_2011")
+    assert {r.model.weights_path for r in local.runs.values()} == {Path("/models/resnet50-0676ba61.pth")}
+
+
+def test_cub_quick_profile_dry_run_lists_its_stages(tmp_path) -> None:
+    stages, runs = _dry_run_stages(tmp_path, "cub-quick")
+    assert sorted(runs) == ["cub-resnet50-rs_at_k", "cub-resnet50-rs_at_k-tcm"]
+    assert stages == {"validate", "data@cub", "report", *(f"{s}@{r}" for s in ("train", "evaluate") for r in runs)}
 
 
 @pytest.mark.e2e

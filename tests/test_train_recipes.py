@@ -32,6 +32,9 @@ def test_recipe_validates(key: str) -> None:
     assert (run.dataset, run.model.backbone, run.loss.name) == (dataset, backbone, loss)
     t = run.train
     assert run.model.embedding_dim == 512 and t.m_per_class == 4
+    # the references' ResNet-50 start: torchvision's first ImageNet-1k weights (docs/recipes.md)
+    assert run.model.weights == {"resnet50": "imagenet1k_v1", "vit_b_16": "imagenet21k"}[backbone]
+    assert t.amp is False  # float32, as every reference trains (no autocast in their loops)
     assert t.schedule == "step" and max(t.lr_milestones) < t.epochs
     if t.chunk_size is not None:
         assert t.chunk_size < t.batch_size

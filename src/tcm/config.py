@@ -175,19 +175,28 @@ class ModelConfig(_Strict):
     # ImageNet weights: torchvision's download when online, or `weights_path` (a local state_dict).
     pretrained: bool = False
     weights_path: Path | None = None
+    # BatchNorm keeps its loaded running statistics (eval mode) while training; its affine weight and
+    # bias still train (RS@k, Smooth-AP; ProxyAnchor after its warm-up). See tcm.models.EmbeddingNet.train.
     freeze_bn: bool = False
     # ResNet-50 only: global pooling before the head ("gem": generalized mean, as RS@k's netlib.py).
     pooling: Literal["avg", "gem"] = "avg"
     # LayerNorm between backbone and linear head (RS@k's netlib.py does this for ResNet-50 and ViT).
     head_layernorm: bool = False
-    # Which pretrained weights `pretrained`/`weights_path` mean: ImageNet-1k (torchvision's), or for
-    # vit_b_16 ImageNet-21k through timm, as RS@k's code trains its ViT (see docs/recipes.md).
-    weights: Literal["imagenet1k", "imagenet21k"] = "imagenet1k"
+    # Which pretrained weights `pretrained`/`weights_path` mean (docs/recipes.md, "Pretrained weights"):
+    #   imagenet1k     torchvision's recommended ImageNet-1k weights (its DEFAULT): ResNet-50 IMAGENET1K_V2
+    #                  (80.9% top-1, 2021 training recipe), ViT-B/16 IMAGENET1K_V1;
+    #   imagenet1k_v1  torchvision's first ImageNet-1k release, IMAGENET1K_V1: for ResNet-50 (76.1% top-1) the
+    #                  weights RS@k, Smooth-AP (pretrainedmodels' resnet50) and ProxyAnchor start from;
+    #   imagenet21k    vit_b_16 only: timm's ImageNet-21k ViT-B/16, as RS@k's code trains its ViT.
+    weights: Literal["imagenet1k", "imagenet1k_v1", "imagenet21k"] = "imagenet1k"
 
     @model_validator(mode="after")
     def _weights(self) -> ModelConfig:
         if self.weights == "imagenet21k" and self.backbone != "vit_b_16":
             raise ValueError(f"weights 'imagenet21k' is offered for backbone vit_b_16 only, not {self.backbone!r}")
+        if self.weights == "imagenet1k_v1" and self.backbone not in ("resnet50", "vit_b_16"):
+            raise ValueError(f"weights 'imagenet1k_v1' is offered for backbones resnet50 and vit_b_16 (torchvision's "
+                             f"ImageNet weights), not {self.backbone!r}")
         return self
 
 
@@ -200,6 +209,12 @@ class LossConfig(_Strict):
     miner: bool = True
     # ProxyAnchor's proxies learn this many times faster than the network (its authors use 100).
     proxy_lr_multiplier: PositiveFloat = 100.0
+    # rs_at_k only: SiMix, RS@k's similarity mixup (its src/main.py L37 `--mixup`, 0 = off by default and in
+    # its README's main commands): every same-class pair of the batch adds a virtual positive, a random
+    # convex mix of the two embeddings (tcm.losses.recall_at_k.simix). A setting of its own, not a
+    # `params` entry, so that it is checked here as a boolean (strictly: true/false, not "yes" or 1); TCM
+    # always sees the real embeddings.
+    simix: Annotated[bool, Strict()] = False
 
     @field_validator("params", mode="before")
     @classmethod
@@ -223,7 +238,10 @@ class LossConfig(_Strict):
         accepted = LOSS_PARAMS[self.name]
         unknown = sorted(set(self.params) - set(accepted))
         if unknown:
-            raise ValueError(f"unknown params {unknown} for loss '{self.name}'; accepted: {list(accepted)}")
+            hint = " (SiMix is the setting loss.simix, not a params entry)" if "simix" in unknown else ""
+            raise ValueError(f"unknown params {unknown} for loss '{self.name}'; accepted: {list(accepted)}{hint}")
+        if self.simix and self.name != "rs_at_k":
+            raise ValueError(f"simix (RS@k's similarity mixup) applies to loss 'rs_at_k' only, not '{self.name}'")
         return self
 
 

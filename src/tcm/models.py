@@ -87,8 +87,17 @@ BACKBONES: dict[str, Callable[[], tuple[nn.Module, int]]] = {
     "vit_b_16": _vit_b_16,
     "vit_tiny": _vit_tiny,
 }
-# torchvision's ImageNet weights for each backbone (downloaded into the torch hub cache when online).
-TORCHVISION_WEIGHTS = {"resnet50": "ResNet50_Weights.IMAGENET1K_V2", "vit_b_16": "ViT_B_16_Weights.IMAGENET1K_V1"}
+# torchvision's ImageNet weights per (backbone, model.weights), downloaded into the torch hub cache when
+# online. `imagenet1k` is torchvision's DEFAULT; `imagenet1k_v1` its first release, which for ResNet-50 is
+# what the reference recipes start from: RS@k and Smooth-AP load pretrainedmodels' resnet50 (0.7.4:
+# torchvision's resnet50-19c8e357.pth, the V1 weights re-serialised as resnet50-0676ba61.pth), ProxyAnchor
+# torchvision's resnet50(pretrained=True), also V1 (docs/recipes.md, "Pretrained weights").
+TORCHVISION_WEIGHTS = {
+    ("resnet50", "imagenet1k"): "ResNet50_Weights.IMAGENET1K_V2",
+    ("resnet50", "imagenet1k_v1"): "ResNet50_Weights.IMAGENET1K_V1",
+    ("vit_b_16", "imagenet1k"): "ViT_B_16_Weights.IMAGENET1K_V1",
+    ("vit_b_16", "imagenet1k_v1"): "ViT_B_16_Weights.IMAGENET1K_V1",
+}
 
 # `weights: imagenet21k` (vit_b_16 only): the timm model RS@k starts its ViT-B/16 from. RS@k's netlib.py
 # (yash0307/RecallatK_surrogate, src/netlib.py L59) calls timm.create_model('vit_base_patch16_224_in21k',
@@ -103,27 +112,34 @@ TIMM_IN21K_MODEL = "vit_base_patch16_224.augreg_in21k"
 TIMM_IN21K_HUB = ("timm/vit_base_patch16_224.augreg_in21k", "model.safetensors")  # Hugging Face repo id, file
 
 
+def _torchvision_weights(key: tuple[str, str]):
+    """torchvision's weights enum member for (backbone, model.weights), a key of TORCHVISION_WEIGHTS."""
+    import torchvision.models as tvm
+
+    enum_name, member = TORCHVISION_WEIGHTS[key].split(".")
+    return getattr(getattr(tvm, enum_name), member)
+
+
 def _load_pretrained(name: str, backbone: nn.Module, cfg: ModelConfig) -> None:
+    key = (name, cfg.weights)
     if cfg.weights_path is not None:
         path = Path(cfg.weights_path)
         if not path.is_file():
-            raise WeightsError(f"model.weights_path: {path} does not exist; download "
-                               f"{TORCHVISION_WEIGHTS.get(name, 'the weights')} from torchvision and save its "
-                               "state_dict there")
+            source = (f"{TORCHVISION_WEIGHTS[key]} ({_torchvision_weights(key).url})" if key in TORCHVISION_WEIGHTS
+                      else "the weights")
+            raise WeightsError(f"model.weights_path: {path} does not exist; download {source} from torchvision "
+                               "and save its state_dict there")
         state = torch.load(path, map_location="cpu", weights_only=True)
     else:
-        if name not in TORCHVISION_WEIGHTS:
+        if key not in TORCHVISION_WEIGHTS:
             raise WeightsError(f"model.pretrained: no ImageNet weights exist for backbone {name!r}; "
                                "set pretrained: false")
-        import torchvision.models as tvm
-
-        enum_name, member = TORCHVISION_WEIGHTS[name].split(".")
-        weights = getattr(getattr(tvm, enum_name), member)
+        weights = _torchvision_weights(key)
         try:
             state = weights.get_state_dict(progress=True)
         except Exception as e:  # offline, proxy, corrupted cache ...
             raise WeightsError(
-                f"model.pretrained: could not download {TORCHVISION_WEIGHTS[name]} ({type(e).__name__}: {e}); "
+                f"model.pretrained: could not download {TORCHVISION_WEIGHTS[key]} ({_one_line(e)}); "
                 f"fetch {weights.url} on a machine with internet and set model.weights_path to the file") from None
     # The classifier head is replaced by the embedding head, so its weights are dropped.
     state = {k: v for k, v in state.items() if not k.startswith(("fc.", "heads."))}
@@ -206,12 +222,17 @@ class EmbeddingNet(nn.Module):
     def train(self, mode: bool = True) -> EmbeddingNet:
         super().train(mode)
         if mode and self.freeze_bn:
-            # Frozen BatchNorm: running statistics and affine parameters stay as loaded.
+            # Frozen BatchNorm statistics: each BatchNorm normalises with its loaded running mean and
+            # variance and never updates them (eval mode), while its affine weight and bias (gamma,
+            # beta) keep training, as RS@k (src/netlib.py L116-118) and Smooth-AP (src/netlib.py
+            # L89-91) put BatchNorm in eval mode only. ProxyAnchor's --bn-freeze also sets their
+            # requires_grad to False (code/net/resnet.py L150-155), but its train.py L280-285 turns it
+            # back on for every non-embedding parameter at epoch --warm (>= 1 in all its published
+            # commands) and its optimizer holds them (L236-240), so there too they train after the
+            # warm-up, which train.warmup_epochs reproduces.
             for m in self.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
-                    for p in m.parameters():
-                        p.requires_grad_(False)
         return self
 
 

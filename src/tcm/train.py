@@ -436,7 +436,7 @@ class _Parts:
 def _build(run_cfg: RunConfig, seed: int, num_classes: int, device: torch.device, steps_per_epoch: int) -> _Parts:
     seed_everything(seed)
     model = build_model(run_cfg.model).to(device)
-    model.train()  # applies freeze_bn (requires_grad) before the optimizer and DDP see the parameters
+    model.train()  # applies freeze_bn (BatchNorm in eval mode) before DDP wraps the model
     if device.type == "cuda" and run_cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     criterion = build_criterion(run_cfg.loss, run_cfg.tcm, num_classes, run_cfg.model.embedding_dim)

@@ -26,8 +26,9 @@ BASE_LOSSES: dict[str, type[nn.Module]] = {
     "triplet": pml_losses.TripletMarginLoss,
 }
 # Constructor arguments that build_criterion fills in itself, so params must not set them.
+# (simix: RS@k's, from loss.simix rather than loss.params.)
 _ARGS_SET_BY_CODE = {"num_classes", "embedding_size", "distance", "reducer", "embedding_regularizer",
-                     "embedding_reg_weight", "collect_stats"}
+                     "embedding_reg_weight", "collect_stats", "simix"}
 
 
 def accepted_loss_params(name: str) -> list[str]:
@@ -61,6 +62,8 @@ def build_criterion(loss: LossConfig, tcm: TCMConfig, num_classes: int, embeddin
     kwargs = dict(loss.params)
     if loss.name == "proxy_anchor":
         kwargs.update(num_classes=num_classes, embedding_size=embedding_dim)
+    if loss.name == "rs_at_k":  # SiMix mixes the base loss's batch only: TCM sees the real embeddings
+        kwargs.update(simix=loss.simix)
     base = BASE_LOSSES[loss.name](**kwargs)
     miner = pml_miners.MultiSimilarityMiner() if (loss.name == "multi_similarity" and loss.miner) else None
     reg = (ThresholdConsistentMargin(tcm.pos_margin, tcm.neg_margin, tcm.pos_weight, tcm.neg_weight)
