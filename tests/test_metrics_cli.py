@@ -41,6 +41,18 @@ def test_writes_metrics_and_curves(files, capsys):
     assert "R@1" in capsys.readouterr().out
 
 
+def test_bootstrap_sd_by_default_and_off_on_request(files):
+    d, _, _ = files
+    args = ["evaluate", str(d / "e.npy"), str(d / "y.npy"), "--device", "cpu", "--k", "1"]
+    assert main([*args, "--out", str(d / "a.json"), "--bootstrap", "50", "--bootstrap-seed", "3"]) == 0
+    a = json.loads((d / "a.json").read_text())
+    assert a["opis_boot_sd"] > 0 and a["settings"]["bootstrap"]["resamples"] == 50
+    assert -1 < a["neg_cos_median"] < a["pos_cos_median"] < 1
+    assert main([*args, "--out", str(d / "b.json"), "--bootstrap", "0"]) == 0
+    b = json.loads((d / "b.json").read_text())
+    assert "opis_boot_sd" not in b and "bootstrap" not in b["settings"] and b["opis"] == a["opis"]
+
+
 def test_default_k(files):
     d, _, _ = files
     assert main(["evaluate", str(d / "e.npy"), str(d / "y.npy"), "--out", str(d / "m.json"), "--device", "cpu"]) == 0
@@ -80,6 +92,8 @@ def test_bad_input_one_line_no_traceback(files, capsys, make, words):
     (["--k", "0"], "--k"),
     (["--far-range", "0.2", "0.1"], "far_range"),
     (["--run", "x"], "not both"),
+    (["--bootstrap", "1"], "--bootstrap: "),
+    (["--bootstrap-seed", "-1"], "--bootstrap-seed: "),
 ])
 def test_bad_options(files, capsys, extra, words):
     d, _, _ = files

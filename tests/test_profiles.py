@@ -4,6 +4,7 @@ published recipes; `smoke` runs that whole matrix on tiny generated benchmarks."
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -172,8 +173,12 @@ def test_smoke_profile_runs_the_whole_matrix_on_tiny_benchmarks(tmp_path) -> Non
     written = report.run(cfg)
 
     claims = pd.read_csv(tmp_path / "reports/tables/claims.csv")
-    assert (claims["comparisons"] == "16 complete of 16 configured").all()
-    assert claims.loc[0, "ours"].endswith("of 16") and claims.loc[0, "paper"] == "16 of 16"
+    # Every comparison is complete; untrained tiny CNNs bunch every pair near cosine 1, so the report's
+    # collapse guard may leave some out of the claims, saying how many.
+    counted = re.fullmatch(r"(\d+) complete of 16 configured(?:; (\d+) left out: collapsed \(.*\))?",
+                           claims.loc[0, "comparisons"])
+    assert counted and int(counted[1]) + int(counted[2] or 0) == 16 and claims["comparisons"].nunique() == 1
+    assert claims.loc[0, "ours"].endswith(f"of {counted[1]}") and claims.loc[0, "paper"] == "16 of 16"
     sop = pd.read_csv(tmp_path / "reports/tables/sop.csv")
     assert len(sop) == 4 and "R@1000 with" in sop and "R@2 with" not in sop  # SOP's own k
     assert {p.name for p in written["figures"]} >= {"opis_vs_recall.png", "training_curves.png",

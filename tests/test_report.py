@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import matplotlib
@@ -37,8 +38,9 @@ def make_cfg(tmp_path: Path, seeds: list[int]) -> Config:
     return parse_config(p, base_dir=tmp_path)
 
 
-def write_seed(cfg: Config, run: str, seed: int, r1: float, opis: float) -> None:
-    """One seed's evaluate outputs: metrics.json, a tiny curves.csv and 2-D embeddings."""
+def write_seed(cfg: Config, run: str, seed: int, r1: float, opis: float, **extra: float) -> None:
+    """One seed's evaluate outputs: metrics.json (``extra``: more keys, e.g. neg_cos_median), a tiny
+    curves.csv and 2-D embeddings."""
     d = cfg.run_dir(run)
     d.seed_metrics(seed).parent.mkdir(parents=True, exist_ok=True)
     rates = {"min": 0.0, "median": 0.001, "max": 0.01, "worst_share_mean": 0.008}
@@ -46,7 +48,7 @@ def write_seed(cfg: Config, run: str, seed: int, r1: float, opis: float) -> None
         "recall_at_k": {"1": r1, "2": r1 + 0.05, "4": 0.97, "8": 0.99}, "map_at_r": r1 / 2, "r_precision": r1 / 1.5,
         "opis": opis, "eps_opis": 5 * opis,
         "threshold_report": {"target_far": 0.001, "threshold": 0.6, "overall_far": 0.001, "overall_frr": 0.2,
-                             "worst_share": 0.05, "class_far": rates, "class_frr": rates}}))
+                             "worst_share": 0.05, "class_far": rates, "class_frr": rates}, **extra}))
     t = np.linspace(0.2, 0.8, 5)
     curves = pd.concat([pd.DataFrame({"class": c, "threshold": t, "tpr": 1 - t / 2, "tnr": t,
                                       "utility": 0.5 + k * t / 10}) for k, c in enumerate(["0", "1", "overall"])])
@@ -109,7 +111,7 @@ def test_pairs_are_compared_seed_by_seed_with_t_intervals(full: Config) -> None:
     assert ms["OPIS change low"] == pytest.approx(-0.0054612, abs=1e-7)
     assert ms["OPIS change high"] == pytest.approx(0.0021279, abs=1e-7)
     assert ms["OPIS significant"] is False or ms["OPIS significant"] == False  # noqa: E712
-    assert ms["OPIS change %"] == pytest.approx(-13.8889, abs=1e-4)  # on the means: 0.0103333 / 0.012 - 1
+    assert ms["OPIS change %"] == -13.9  # on the means: 0.0103333 / 0.012 - 1, to 1 decimal
     # diffs 0.03, 0.02, 0.03: mean 0.0266667, sd 0.0057735 -> [0.0123245, 0.0410088], excludes 0;
     # Recall changes are in percentage points.
     assert ms["R@1 change (pp)"] == pytest.approx(2.66667, abs=1e-5)
@@ -121,18 +123,22 @@ def test_pairs_are_compared_seed_by_seed_with_t_intervals(full: Config) -> None:
     assert (pa["OPIS change low"], pa["OPIS change high"]) == (pytest.approx(-0.0124841, abs=1e-7),
                                                              pytest.approx(-0.0075159, abs=1e-7))
     assert pa["OPIS significant"] == True and pa["R@1 significant"] == False  # noqa: E712
-    assert pa["OPIS change %"] == pytest.approx(-47.6190, abs=1e-4)
+    assert pa["OPIS change %"] == -47.6
+    # Verdicts from the intervals: MS's OPIS interval holds 0, its R@1 one lies above 0; PA the other way.
+    assert (ms["OPIS verdict"], ms["R@1 verdict"], pa["OPIS verdict"], pa["R@1 verdict"]) == (
+        "no difference", "higher", "lower", "no difference")
 
 
-def test_claims_count_means_and_significance(full: Config) -> None:
+def test_claims_count_verdicts_and_significance(full: Config) -> None:
     _, _, cmp = tables(full)
     claims = report.claims_table(cmp, 2).set_index("claim")
     ours, sig = claims["ours"], claims[report.SIGNIFICANCE]
-    assert ours["comparisons where TCM lowered OPIS"] == "2 of 2"
-    assert sig["comparisons where TCM lowered OPIS"] == "1 of 2"
+    # Both OPIS means fell, but only PA's interval excludes 0: one verdict 'lower', so 1 of 2.
+    assert ours["comparisons where TCM lowered OPIS"] == "1 of 2"
+    assert sig["comparisons where TCM lowered OPIS"] == "1 lower, 1 no difference, 0 higher"
     assert ours["largest OPIS reduction"] == "47.6%" and sig["largest OPIS reduction"] == f"yes ({PA})"
     assert ours["comparisons where TCM raised Recall@1"] == "1 of 2"
-    assert sig["comparisons where TCM raised Recall@1"] == "1 of 2"
+    assert sig["comparisons where TCM raised Recall@1"] == "0 lower, 1 no difference, 1 higher"
     assert ours["largest Recall@1 gain (pp)"] == "+2.7" and sig["largest Recall@1 gain (pp)"] == f"yes ({MS})"
     assert ours["largest Recall@1 drop (pp)"] == "-0.3" and sig["largest Recall@1 drop (pp)"] == f"no ({PA})"
     assert (claims["comparisons"] == "2 complete of 2 configured").all()
@@ -170,8 +176,9 @@ def test_one_seed_gives_no_intervals_and_does_not_crash(tmp_path: Path) -> None:
     assert cmp["OPIS change low"].isna().all() and cmp["R@1 change (pp) high"].isna().all()
     assert cmp["OPIS significant"].isna().all()
     assert cmp.set_index("comparison").loc[MS, "OPIS change"] == pytest.approx(-0.002)
+    assert cmp["OPIS verdict"].isna().all() and cmp["seeds for 10%"].isna().all()
     claims = report.claims_table(cmp, 2).set_index("claim")
-    assert claims.loc["comparisons where TCM lowered OPIS", "ours"] == "2 of 2"
+    assert claims.loc["comparisons where TCM lowered OPIS", "ours"] == "0 of 2"  # no interval, no verdict
     assert claims.loc["comparisons where TCM lowered OPIS", report.SIGNIFICANCE] == report.NEEDS_SEEDS
     written = report.run(cfg)
     assert (cfg.path(cfg.paths.reports) / "figures/tcm_effect.png").is_file()
@@ -367,3 +374,113 @@ def test_embedding_plot_names_its_projection() -> None:
     assert ax.get_xlabel() == "embedding dimension 1" and "raw 2-D embeddings" in ax.get_title()
     assert {x.get_text() for x in ax.get_legend().get_texts()} == {"class 0", "class 1", "class 2"}
     matplotlib.pyplot.close("all")
+
+
+# ---------------------------------------------------------------- verdicts, precision, collapse, purpose
+def boot_and_medians(cfg: Config, runs: dict[str, dict[int, dict]] | None = None) -> None:
+    """Every seed of ``full`` again, with a bootstrap sd of 10% of its OPIS and pair medians;
+    ``runs`` overrides R@1 or the metrics.json keys of some (run, seed)."""
+    for run in RUNS:
+        for s in range(3):
+            over = dict((runs or {}).get(run, {}).get(s, {}))
+            r1 = over.pop("r1", R1[run][s])
+            extra = {"opis_boot_sd": 0.1 * OPIS[run][s], "eps_opis_boot_sd": 0.5 * OPIS[run][s],
+                     "neg_cos_median": 0.1, "pos_cos_median": 0.7, **over}
+            write_seed(cfg, run, s, r1, OPIS[run][s], **extra)
+
+
+def test_precision_columns_of_each_comparison(full: Config) -> None:
+    boot_and_medians(full)
+    per_seed, summary, cmp = tables(full)
+    assert per_seed.set_index(["run", "seed"]).loc[("digits-ms", 1), "OPIS boot sd"] == pytest.approx(0.0014)
+    assert summary.set_index("run").loc["digits-ms", "neg cos median mean"] == pytest.approx(0.1)
+    ms, pa = (cmp.set_index("comparison").loc[k] for k in (MS, PA))
+    # MS: half-width 4.302653 * 0.0015275 / sqrt(3) = 0.0037946 = 31.62% of 0.012.
+    assert ms["OPIS CI half-width %"] == pytest.approx(31.622, abs=1e-3)
+    assert ms["OPIS boot sd % without"] == pytest.approx(10.0) and ms["OPIS boot sd % with"] == pytest.approx(10.0)
+    # seeds for 10%: ceil((2.8 * 0.0015275 / 0.0012)^2) = ceil(12.70) = 13; PA: (2.8 * 0.001 / 0.0021)^2 = 1.78 -> 2.
+    assert ms["seeds for 10%"] == 13 and pa["seeds for 10%"] == 2
+    assert (ms["learned"], pa["learned"]) == ("unknown", "unknown")  # no settings.json here: chance unknown
+    written = report.run(full, tracker=NoTracker())
+    reports = full.path(full.paths.reports)
+    md = (reports / "tables/tcm_comparison.md").read_text()
+    assert "-13.9 " in md and "-13.8889" not in md and "-13.9000" not in md  # percentages to 1 decimal
+    csv = pd.read_csv(reports / "tables/tcm_comparison.csv")
+    assert {"OPIS verdict", "R@1 verdict", "OPIS CI half-width %", "OPIS boot sd % without", "OPIS boot sd % with",
+            "seeds for 10%", "learned"} <= set(csv.columns)
+    readme = written["readme"][0].read_text()
+    assert "n = ceil(((1.96 + 0.84) × sd of the paired differences / (0.1 × OPIS without TCM))²)" in readme
+    assert re.search(r"\| +-13\.9 \| no difference +\| higher +\| +31\.6 \| +10\.0 \| +10\.0 \| +13 \|", readme)
+    assert "class-stratified bootstrap over the test queries" in readme
+    assert "300 resamples, seed 0" in readme
+    runs_per_seed = pd.read_csv(reports / "tables/runs_per_seed.csv")
+    assert {"OPIS boot sd", "eps-OPIS boot sd", "neg cos median", "pos cos median", "learned",
+            "collapsed because"} <= set(runs_per_seed.columns)
+
+
+def test_collapsed_seeds_are_marked_and_left_out_of_the_claims(full: Config) -> None:
+    # PA without TCM, seed 2: negative pairs bunched near 1. MS with TCM, seed 1: R@1 6 pp below MS's
+    # seed 1 (0.82 -> 0.76). Boundaries not collapsed: a median just below 0.9, a drop of exactly 5 pp.
+    boot_and_medians(full, {"digits-pa": {2: {"neg_cos_median": 0.95}, 1: {"neg_cos_median": 0.8999}},
+                            "digits-ms-tcm": {1: {"r1": 0.76}, 2: {"r1": 0.76}}})  # seed 2: 0.81 -> 0.76, 5 pp
+    per_seed, summary, cmp = tables(full)
+    seeds = per_seed.set_index(["run", "seed"])
+    assert seeds.loc[("digits-pa", 2), "learned"] == "collapsed"
+    assert seeds.loc[("digits-pa", 2), "collapsed because"] == "negative-pair cosine median 0.950 >= 0.9"
+    assert seeds.loc[("digits-ms-tcm", 1), "learned"] == "collapsed"
+    assert seeds.loc[("digits-ms-tcm", 1), "collapsed because"].startswith("R@1 6.0 pp below digits-ms")
+    assert seeds.loc[("digits-pa", 1), "learned"] == seeds.loc[("digits-ms-tcm", 2), "learned"] == "unknown"
+    runs = summary.set_index("run")
+    assert runs.loc["digits-pa", "learned"] == "collapsed" and runs.loc["digits-pa", "collapsed seeds"] == "2"
+    assert runs.loc["digits-ms-tcm", "collapsed seeds"] == "1" and runs.loc["digits-ms", "learned"] == "unknown"
+    assert set(cmp.set_index("comparison")["learned"]) == {"collapsed"}
+    claims = report.claims_table(cmp, 2)
+    assert (claims["ours"] == "missing").all()
+    assert (claims["comparisons"] == "0 complete of 2 configured; 2 left out: collapsed (negative-pair cosine "
+                                     "median >= 0.9, or R@1 with TCM more than 5 pp below without)").all()
+
+    # Only PA collapsed: MS is counted alone, and the count of those left out is said.
+    boot_and_medians(full, {"digits-pa": {2: {"neg_cos_median": 0.9}}})
+    _, _, cmp = tables(full)
+    claims = report.claims_table(cmp, 2).set_index("claim")
+    assert claims.loc["comparisons where TCM raised Recall@1", "ours"] == "1 of 1"
+    assert claims.loc["comparisons where TCM lowered OPIS", "ours"] == "0 of 1"
+    assert claims["comparisons"].iloc[0].startswith("1 complete of 2 configured; 1 left out: collapsed")
+    written = report.run(full, tracker=NoTracker())
+    readme = written["readme"][0].read_text()
+    assert "collapsed" in readme and ">= 0.9" in readme and "more than 5 percentage points below" in readme
+    comparison = pd.read_csv(full.path(full.paths.reports) / "tables/tcm_comparison.csv").set_index("comparison")
+    assert comparison.loc[PA, "learned"] == "collapsed" and comparison.loc[MS, "learned"] == "unknown"
+
+
+def test_chance_level_and_collapse_are_judged_per_seed(full: Config) -> None:
+    """With settings.json (5 test classes, 900 images: chance bound ~0.227), seeds learn or not."""
+    boot_and_medians(full, {"digits-ms": {0: {"r1": 0.2}}})
+    for run in RUNS:
+        for s in range(3):
+            full.run_dir(run).seed_settings(s).write_text(json.dumps({"num_classes": 5, "num_images": 900}))
+    per_seed, summary, cmp = tables(full)
+    seeds = per_seed.set_index(["run", "seed"])["learned"]
+    assert seeds[("digits-ms", 0)] == "did not learn" and seeds[("digits-ms", 1)] == "yes"
+    # ms-tcm seed 0 (0.83) vs ms seed 0 (0.2): a gain is no collapse.
+    assert seeds[("digits-ms-tcm", 0)] == "yes" and set(cmp["learned"]) == {"yes"}
+
+
+def test_purpose_statement_for_data_the_package_makes(full: Config, tmp_path: Path) -> None:
+    from types import SimpleNamespace as S
+
+    readme = report.run(full, tracker=NoTracker())["readme"][0].read_text()
+    assert readme.startswith("# Results\n\n## What this run is\n\nA demonstration of the pipeline and of the "
+                             "precision of its metrics on data generated by the package (digits: scikit-learn's")
+    assert "**not a test of the paper's claims**" in readme and "`paper` and `cub-quick` profiles" in readme
+    assert "reported as they came out" in readme
+    glyphs = S(runs={"r": S(dataset="g")}, datasets={"g": S(source="glyphs", synthetic=None)})
+    assert "g: glyphs drawn by the package" in report._purpose(glyphs)[2]  # a source this branch's schema lacks
+    p = tiny_params(RUNS)
+    p["datasets"] = {"digits": {"source": "cub", "synthetic": {"n_classes": 8}}}
+    assert "a generated copy in cub's file format" in report._purpose(parse_config(p, base_dir=tmp_path))[2]
+    p["datasets"] = {"digits": {"source": "cub", "root": str(tmp_path)}}  # the real benchmark: no such paragraph
+    assert report._purpose(parse_config(p, base_dir=tmp_path)) == []
+    mixed = S(runs={"a": S(dataset="g"), "b": S(dataset="c")},
+              datasets={"g": S(source="glyphs", synthetic=None), "c": S(source="cars196", synthetic=None)})
+    assert report._purpose(mixed) == []

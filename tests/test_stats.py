@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from tcm.stats import HEADLINE, headline, paired_difference, seed_summary, spread
+from tcm.stats import HEADLINE, headline, paired_difference, seed_summary, seeds_needed, spread, verdict
 
 
 def seed_metrics(r1: float, opis: float) -> dict:
@@ -75,3 +75,17 @@ def test_seed_summary_one_seed_has_null_sd() -> None:
     s = seed_summary({0: seed_metrics(0.8, 0.01)})
     assert s["OPIS"] == 0.01
     assert all(v is None for v in s["sd"].values())  # JSON null, not NaN
+
+
+def test_verdict_reads_the_interval() -> None:
+    assert verdict(paired_difference([0.020, 0.022, 0.021], [0.010, 0.011, 0.012])) == "lower"
+    assert verdict(paired_difference([0.80, 0.82, 0.81], [0.83, 0.84, 0.84])) == "higher"
+    assert verdict(paired_difference([0.010, 0.014, 0.012], [0.008, 0.011, 0.012])) == "no difference"
+    assert verdict(paired_difference([0.010], [0.008])) is None
+
+
+def test_seeds_needed_for_a_paired_test() -> None:
+    # (2.8 * 0.0015275 / 0.0012)^2 = 12.70 -> 13; a precise instrument still needs 2; unknown sd -> None.
+    assert seeds_needed(0.0015275, 0.0012) == 13
+    assert seeds_needed(1e-6, 0.01) == 2 and seeds_needed(0.001, -0.0012) == seeds_needed(0.001, 0.0012) == 6
+    assert seeds_needed(math.nan, 0.001) is None and seeds_needed(0.001, 0.0) is None

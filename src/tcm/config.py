@@ -351,6 +351,20 @@ class OpisConfig(_Strict):
         return v
 
 
+class BootstrapConfig(_Strict):
+    # Class-stratified bootstrap of OPIS over the test queries (tcm.metrics.bootstrap): its sd is written
+    # per seed as opis_boot_sd / eps_opis_boot_sd. resamples: 0 = off, else at least 2.
+    resamples: NonNegativeInt = 300
+    seed: NonNegativeInt = 0
+
+    @field_validator("resamples")
+    @classmethod
+    def _two(cls, v: int) -> int:
+        if v == 1:
+            raise ValueError("resamples must be 0 (off) or at least 2 (an sd needs two), but got 1")
+        return v
+
+
 class EvaluationConfig(_Strict):
     batch_size: PositiveInt = 256  # images per forward pass when embedding the test split
     recall_k: list[PositiveInt] = [1, 2, 4, 8]
@@ -365,6 +379,7 @@ class EvaluationConfig(_Strict):
     # of per-class FAR / FRR at it (min, median, max, mean of the worst `worst_share` of classes).
     target_far: float = Field(1e-3, gt=0.0, lt=1.0)
     worst_share: float = Field(0.05, gt=0.0, le=1.0)
+    bootstrap: BootstrapConfig = BootstrapConfig()
 
 
 class MlflowConfig(_Strict):

@@ -1,5 +1,6 @@
 """Evaluation: ``run(cfg, name)`` embeds the test split with each seed's trained model and writes,
-per seed, ``runs/<name>/eval/seed-<s>/`` metrics.json (retrieval metrics, OPIS, eps-OPIS and the
+per seed, ``runs/<name>/eval/seed-<s>/`` metrics.json (retrieval metrics, OPIS, eps-OPIS and their
+bootstrap sd over the test queries, the median cosine of the negative and positive pairs, and the
 threshold report, from the chunked metrics of ``tcm.metrics``), embeddings.npz and curves.csv
 (per-class utility curves); and ``runs/<name>/metrics.json``, the mean and sd over seeds."""
 
@@ -84,7 +85,8 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
         result = evaluate_embeddings(emb, dataset.labels, recall_k=recall_k, beta=o.beta, far_range=o.far_range,
                                      n_thresholds=o.n_thresholds, eps=o.eps, class_weighting=o.class_weighting,
                                      resolution=o.resolution, chunk_size=ev.chunk_size, device=ev.device,
-                                     target_far=ev.target_far, worst_share=ev.worst_share, progress=progress)
+                                     target_far=ev.target_far, worst_share=ev.worst_share, progress=progress,
+                                     bootstrap=ev.bootstrap.model_dump())
         metrics, curves = result.metrics, result.curves
         # metrics.json holds results; what they were computed with goes beside it.
         write_json(run_dir.seed_settings(seed), {"run": name, "seed": seed, **metrics.pop("settings")})

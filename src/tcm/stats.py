@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Literal, Mapping, Sequence
 
 import numpy as np
 from scipy import stats as _scipy_stats
@@ -80,6 +80,39 @@ def paired_difference(without: Sequence[float], with_tcm: Sequence[float], level
         return PairedDifference(s.mean, s.sd, s.n, math.nan, math.nan)
     half = float(_scipy_stats.t.ppf(0.5 + level / 2, s.n - 1)) * s.sd / math.sqrt(s.n)
     return PairedDifference(s.mean, s.sd, s.n, s.mean - half, s.mean + half)
+
+
+Verdict = Literal["lower", "higher", "no difference"]
+
+
+def verdict(d: PairedDifference) -> Verdict | None:
+    """What a paired comparison's 95% interval says about with - without: 'lower' (it lies below 0),
+    'higher' (above 0) or 'no difference' (it holds 0); None without an interval (fewer than 2 seeds).
+
+    >>> verdict(paired_difference([1.0, 2.0, 3.0], [0.5, 1.4, 2.6])), verdict(paired_difference([1.0], [2.0]))
+    ('lower', None)
+    """
+    if math.isnan(d.low) or math.isnan(d.high):
+        return None
+    return "lower" if d.high < 0 else "higher" if d.low > 0 else "no difference"
+
+
+# Normal quantiles of the sample-size rule: two-sided 95% (1.96) and 80% power (0.84).
+Z_95, Z_POWER_80 = 1.96, 0.84
+
+
+def seeds_needed(sd_diff: float, change: float) -> int | None:
+    """Seeds a paired test needs to detect a true mean change ``change`` at two-sided 95% with 80% power,
+    given the sd of the paired differences: n = ceil(((1.96 + 0.84) * sd_diff / change)^2), at least 2
+    (the normal approximation: the t test needs a seed or two more when n is small). None when the sd
+    or the change is unknown or the change is 0.
+
+    >>> seeds_needed(0.001, 0.0012), seeds_needed(0.002, 0.001), seeds_needed(float("nan"), 0.001)
+    (6, 32, None)
+    """
+    if not (math.isfinite(sd_diff) and math.isfinite(change)) or change == 0:
+        return None
+    return max(2, math.ceil(((Z_95 + Z_POWER_80) * sd_diff / abs(change)) ** 2))
 
 
 def seed_summary(per_seed: Mapping[int, Mapping]) -> dict:

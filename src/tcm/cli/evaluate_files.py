@@ -2,7 +2,8 @@
 
 EMBEDDINGS is a ``.npy`` real array (N x d), LABELS a ``.npy`` integer array (N). Similarity is
 cosine. Writes JSON with ``recall_at_k`` (k as a string -> value), ``map_at_r``, ``r_precision``,
-``opis``, ``eps_opis``, ``threshold_report`` and ``settings``; ``--curves FILE`` adds the per-class
+``opis``, ``eps_opis`` (and their bootstrap sd ``opis_boot_sd``, ``eps_opis_boot_sd``),
+``neg_cos_median``, ``pos_cos_median``, ``threshold_report`` and ``settings``; ``--curves FILE`` adds the per-class
 TPR / TNR / utility curves as CSV (long format, the pooled curve as class "overall").
 
 Defaults are those of the ``evaluation`` section of params.yaml (``tcm.config.EvaluationConfig``), and
@@ -47,6 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"threshold report: overall FAR of the global threshold (default {_DEFAULT.target_far})")
     p.add_argument("--worst-share", type=float, default=_DEFAULT.worst_share,
                    help=f"threshold report: share of worst classes averaged (default {_DEFAULT.worst_share})")
+    b = _DEFAULT.bootstrap
+    p.add_argument("--bootstrap", type=int, default=b.resamples, metavar="RESAMPLES",
+                   help=f"class-stratified bootstrap of OPIS over the queries; 0 = off (default {b.resamples})")
+    p.add_argument("--bootstrap-seed", type=int, default=b.seed, help=f"default {b.seed}")
     p.add_argument("--chunk-size", type=int, default=None, help="query rows per chunk (default: from free memory)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=_DEFAULT.device,
                    help=f"default {_DEFAULT.device}")
@@ -83,18 +88,20 @@ def settings_from_args(args: argparse.Namespace) -> dict:
     try:
         cfg = EvaluationConfig(
             recall_k=args.k, chunk_size=args.chunk_size, device=args.device, target_far=args.target_far,
-            worst_share=args.worst_share,
+            worst_share=args.worst_share, bootstrap={"resamples": args.bootstrap, "seed": args.bootstrap_seed},
             opis=OpisConfig(beta=args.beta, far_range=tuple(args.far_range), n_thresholds=args.n_thresholds,
                             eps=args.eps, class_weighting=args.class_weighting, resolution=args.resolution))
     except ValidationError as e:
         err = e.errors()[0]
-        flags = {"recall_k": "k", "opis": str(err["loc"][-1]) if err["loc"] else "option"}
+        flags = {"recall_k": "k", "opis": str(err["loc"][-1]) if err["loc"] else "option",
+                 "bootstrap": "bootstrap" if err["loc"][-1:] == ("resamples",) else "bootstrap-seed"}
         where = "--" + flags.get(str(err["loc"][0]), str(err["loc"][0])).replace("_", "-") if err["loc"] else "option"
         raise InputError(f"{where}: {err['msg']}") from None
     o = cfg.opis
     return dict(recall_k=cfg.recall_k, beta=o.beta, far_range=o.far_range, n_thresholds=o.n_thresholds, eps=o.eps,
                 class_weighting=o.class_weighting, resolution=o.resolution, chunk_size=cfg.chunk_size,
-                device=cfg.device, target_far=cfg.target_far, worst_share=cfg.worst_share)
+                device=cfg.device, target_far=cfg.target_far, worst_share=cfg.worst_share,
+                bootstrap=cfg.bootstrap.model_dump())
 
 
 def run(args: argparse.Namespace) -> int:

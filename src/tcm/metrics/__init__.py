@@ -11,6 +11,7 @@ Modules, one concept each:
     retrieval         Recall@k, MAP@R, R-precision
     opis              TPR / TNR / utility curves, OPIS, eps-OPIS
     threshold_report  one global threshold at a target FAR and the per-class FAR / FRR spread
+    bootstrap         class-stratified bootstrap sd of OPIS over the queries; pair cosine medians
     suite             everything in one pass: ``evaluate_embeddings``
 """
 

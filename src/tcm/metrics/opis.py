@@ -78,14 +78,23 @@ def curves_from_histograms(hist: ClassHistograms, beta: float = 1.0, far_range: 
     """Per-class and overall TPR / TNR / utility at the calibration thresholds."""
     local = calibration_thresholds(hist, far_range, n_thresholds)
     pos, neg = hist.at_least(local)
-    n_pos, n_neg = hist.positive_pairs, hist.negative_pairs
+    return curves_from_counts(hist.grid.edges()[local - 1], pos, neg, hist.positive_pairs, hist.negative_pairs,
+                              hist.classes, beta, hist.grid.width)
+
+
+def curves_from_counts(thresholds: np.ndarray, pos: np.ndarray, neg: np.ndarray, n_pos: np.ndarray,
+                       n_neg: np.ndarray, classes: np.ndarray, beta: float = 1.0,
+                       resolution: float = 0.0) -> UtilityCurves:
+    """The curves from per-class pair counts at the thresholds: ``pos`` / ``neg`` (C, T) positive /
+    negative pairs with s >= t, out of ``n_pos`` / ``n_neg`` (C,). Classes without a positive pair
+    are left out of the per-class curves (their negatives still count in the pooled curve)."""
     o_tpr = pos.sum(0) / n_pos.sum()
     o_tnr = 1.0 - neg.sum(0) / n_neg.sum()
     keep = n_pos > 0
     tpr = pos[keep] / n_pos[keep, None]
     tnr = 1.0 - neg[keep] / n_neg[keep, None]
-    return UtilityCurves(hist.grid.edges()[local - 1], utility(o_tpr, o_tnr, beta), o_tpr, o_tnr, hist.classes[keep],
-                         tpr, tnr, utility(tpr, tnr, beta), n_pos[keep], hist.grid.width)
+    return UtilityCurves(thresholds, utility(o_tpr, o_tnr, beta), o_tpr, o_tnr, classes[keep], tpr, tnr,
+                         utility(tpr, tnr, beta), n_pos[keep], resolution)
 
 
 def class_weights(curves: UtilityCurves, class_weighting: ClassWeighting = "uniform") -> np.ndarray:

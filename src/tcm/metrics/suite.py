@@ -1,4 +1,4 @@
-"""The metrics' one entry point, ``evaluate_embeddings``: the full metric set in one chunked pass.
+"""The metrics' one entry point, ``evaluate_embeddings``: the full metric set in chunked passes (no N x N matrix).
 
 Steps: (1) a pilot pass over at most ``pilot_rows`` evenly spaced query rows builds a coarse
 (2^-10) pooled histogram of negative similarities, which places the fine histogram's window
@@ -6,18 +6,22 @@ around the thresholds the requested FARs need (with generous margins); (2) the m
 ranks neighbours and fills the per-class fine histograms; (3) if an exact FAR crossing fell
 outside the window after all (the pilot is a sample), the histograms are rebuilt once over
 the whole [-1, 1] range (recorded as ``histogram_passes: 2``); the results stay exact at the
-grid, only slower.
+grid, only slower; (4) a second pass (``tcm.metrics.bootstrap``) gives the median cosine of
+the negative and of the positive pairs and, when asked, the class-stratified bootstrap sd of OPIS
+and eps-OPIS over the test queries.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from types import MappingProxyType
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
+from tcm.metrics.bootstrap import BootstrapResult, bootstrap_grid, bootstrap_opis, query_pass
 from tcm.metrics.histograms import ClassHistograms, Grid
 from tcm.metrics.inputs import available_memory, check_inputs, default_chunk_size, resolve_device, to_device
 from tcm.metrics.opis import ClassWeighting, UtilityCurves, curves_from_histograms, eps_opis, opis
@@ -27,6 +31,7 @@ from tcm.metrics.threshold_report import threshold_report
 
 PILOT_EXPONENT = 10  # pilot bins of ~1e-3
 MAX_HIST_BYTES = 1 << 30
+BOOTSTRAP = MappingProxyType({"resamples": 300, "seed": 0})  # params.yaml's evaluation.bootstrap default
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,7 @@ class Evaluation:
     metrics: dict  # the metrics.json payload
     curves: UtilityCurves | None
     histograms: ClassHistograms | None
+    bootstrap: BootstrapResult | None = None  # the replicates behind opis_boot_sd / eps_opis_boot_sd
 
 
 def exponent_for(resolution: float) -> int:
@@ -78,7 +84,8 @@ def evaluate_embeddings(embeddings: np.ndarray, labels: np.ndarray, *, recall_k:
                         chunk_size: int | None = None, device: str | torch.device = "auto", target_far: float = 1e-3,
                         worst_share: float = 0.05, progress: bool = False, assume_normalized: bool = False,
                         retrieval: bool = True, threshold_metrics: bool = True,
-                        window: tuple[float, float] | None = None, pilot_rows: int = 1024) -> Evaluation:
+                        window: tuple[float, float] | None = None, pilot_rows: int = 1024,
+                        bootstrap: Mapping[str, int] = BOOTSTRAP) -> Evaluation:
     """Recall@k, MAP@R, R-precision, OPIS, eps-OPIS, the utility curves and the threshold report
     of (N, d) ``embeddings`` with (N,) integer ``labels`` under cosine similarity.
 
@@ -94,6 +101,11 @@ def evaluate_embeddings(embeddings: np.ndarray, labels: np.ndarray, *, recall_k:
     ``retrieval`` / ``threshold_metrics``: False skips Recall@k, MAP@R, R-precision / OPIS,
     eps-OPIS, the curves and the threshold report (and their keys).
     ``window``: force the histogram range instead of the pilot's (tests, repeat runs).
+    ``bootstrap``: the ``evaluation.bootstrap`` block, ``{"resamples": R, "seed": s}``: R >= 2 adds
+    ``opis_boot_sd`` and ``eps_opis_boot_sd``, the class-stratified bootstrap sd over the test queries
+    (``tcm.metrics.bootstrap``); R = 0 turns it off.
+    With the threshold metrics come ``neg_cos_median`` and ``pos_cos_median``: the median cosine of
+    the ordered negative / positive pairs, within half a histogram bin of the exact medians.
 
     >>> e = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8]]); y = np.array([0, 0, 1, 1])
     >>> m = evaluate_embeddings(e, y, recall_k=[1], device="cpu").metrics
@@ -145,6 +157,7 @@ def evaluate_embeddings(embeddings: np.ndarray, labels: np.ndarray, *, recall_k:
                 "num_singleton_classes": int((lab.sizes == 1).sum()), "similarity": "cosine",
                 "tie_breaking": "by ascending gallery index", "self_matches": "excluded",
                 "chunk_size": chunk_size, "device": str(dev)}
+    boot = None
     if threshold_metrics:
         curves = curves_from_histograms(hist, beta, far_range, n_thresholds)
         out.update(opis=opis(curves, class_weighting), eps_opis=eps_opis(curves, eps),
@@ -153,5 +166,16 @@ def evaluate_embeddings(embeddings: np.ndarray, labels: np.ndarray, *, recall_k:
                               "class_weighting": class_weighting},
                         target_far=target_far, worst_share=worst_share, threshold_resolution=grid.width,
                         histogram_window=[float(grid.edges()[0]), float(grid.edges()[-1])], histogram_passes=passes)
+        resamples, seed = int(bootstrap.get("resamples", 0)), int(bootstrap.get("seed", 0))
+        counts, medians = query_pass(x, lab, bootstrap_grid(grid, n) if resamples else None, grid.exponent)
+        out.update(neg_cos_median=medians.negative, pos_cos_median=medians.positive)
+        settings["pair_median_resolution"] = medians.resolution
+        if resamples:
+            boot = bootstrap_opis(counts, resamples, seed, beta=beta, far_range=(far_range[0], far_range[1]),
+                                  n_thresholds=n_thresholds, eps=eps, class_weighting=class_weighting)
+            out.update(opis_boot_sd=boot.opis_sd, eps_opis_boot_sd=boot.eps_opis_sd)
+            settings["bootstrap"] = {"resamples": resamples, "seed": seed,
+                                     "method": "queries redrawn with replacement within each class; gallery fixed",
+                                     "resolution": boot.resolution, "off_window": boot.off_window}
     out["settings"] = settings
-    return Evaluation(out, curves, hist if threshold_metrics else None)
+    return Evaluation(out, curves, hist if threshold_metrics else None, boot)
