@@ -1,9 +1,8 @@
-"""Preprocessing to short side 256 (function and CLI) and the MNIST source with its offline fallback."""
+"""Preprocessing to short side 256 (function and CLI) and the MNIST source (no offline substitute)."""
 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -81,8 +80,8 @@ def test_mnist_uses_torchvision_when_available(monkeypatch: pytest.MonkeyPatch, 
     assert x.size == (28, 28)
 
 
-def test_mnist_offline_falls_back_to_sklearn_digits(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                    caplog: pytest.LogCaptureFixture) -> None:
+def test_mnist_offline_stops_instead_of_using_other_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No silent substitute: a data set of source mnist holds MNIST or is not written at all."""
     import tcm.data.mnist as mnist
 
     def offline(root: Path, download: bool = True) -> None:
@@ -90,12 +89,10 @@ def test_mnist_offline_falls_back_to_sklearn_digits(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(mnist, "load_mnist", offline)
     cfg = DatasetConfig(source="mnist", train_classes=[0, 1, 2, 3, 4], root=tmp_path / "cache")
-    with caplog.at_level(logging.WARNING, logger="tcm.data.mnist"):
-        manifest = read_manifest(prepare(cfg, tmp_path / "mnist").parent)
-    assert "offline fallback" in caplog.text
-    info = json.loads((tmp_path / "mnist" / "dataset.json").read_text())
-    assert info["source"] == mnist.FALLBACK
-    assert len(manifest.table) == 1797
+    with pytest.raises(DataError, match=r"could not be downloaded \(RuntimeError: Error downloading.*"
+                                        r"source: sklearn_digits"):
+        prepare(cfg, tmp_path / "mnist")
+    assert not (tmp_path / "mnist").exists()
 
 
 def write_idx(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:

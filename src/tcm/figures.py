@@ -175,45 +175,105 @@ def similarity_histograms(runs: dict[str, tuple[np.ndarray, np.ndarray]], margin
     return fig
 
 
-def embeddings_2d(runs: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> plt.Figure:
-    """Test embeddings in 2-D: as they are when 2-D (the toy), else their first two principal
-    components (PCA fitted on each run's own embeddings: the panels share limits, so spreads compare,
-    but each panel's directions are its own run's); the axis labels name the projection and the share
-    of variance each component keeps."""
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 5), sharex=True, sharey=True, squeeze=False,
-                             layout="constrained")
-    for ax, (label, (emb, y)) in zip(axes[0], runs.items()):
-        x, y = _sample(emb, y, 5000)
-        if x.shape[1] == 2:
-            projection, names = "raw 2-D embeddings", ("embedding dimension 1", "embedding dimension 2")
-        else:
-            from sklearn.decomposition import PCA
+def _circular_span(angles: np.ndarray, share: float = 0.9) -> tuple[float, float]:
+    """(start, end) in degrees, counter-clockwise, of the arc holding the central ``share`` of
+    ``angles`` (degrees) around their circular mean; end - start <= 360.
 
-            pca = PCA(n_components=2, random_state=0).fit(x)
-            x = pca.transform(x)
-            projection = f"PCA of the {emb.shape[1]}-D embeddings (fitted per run)"
-            names = tuple(f"PCA component {i + 1} ({100 * v:.0f}% of variance)"
-                          for i, v in enumerate(pca.explained_variance_ratio_))
-        classes = np.unique(y)
-        cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
-        # Classes past the palette are drawn grey rather than dropped, so every sampled point shows.
-        if len(classes) > cmap.N:
-            m = ~np.isin(y, classes[:cmap.N])
-            ax.scatter(x[m, 0], x[m, 1], s=4, alpha=0.3, color="grey", label="other classes", rasterized=True)
-        for i, c in enumerate(classes[:cmap.N]):
-            m = y == c
-            ax.scatter(x[m, 0], x[m, 1], s=4, alpha=0.6, color=cmap(i), label=f"class {c}", rasterized=True)
-        ax.set(title=f"{label}: {projection}", xlabel=names[0], ylabel=names[1])
-        if emb.shape[1] == 2:
-            # The toy's embeddings are L2-normalised: draw the whole unit circle at fixed limits, so how
-            # the classes share it shows (a collapsed run is one short arc, not a stretched strip).
-            ax.add_patch(plt.Circle((0, 0), 1.0, fill=False, color="0.75", lw=1))
-            ax.set(xlim=(-1.15, 1.15), ylim=(-1.15, 1.15))
-        # adjustable="box": equal aspect with shared limits (the default "datalim" cannot share both axes).
-        ax.set_aspect("equal", adjustable="box")
-        if len(classes) <= 10:
-            ax.legend(fontsize=7, markerscale=3, loc="upper right")
-    fig.suptitle(f"{title}: test embeddings in 2-D (shared axes)")
+    >>> [round(a) for a in _circular_span(np.array([170.0, 180.0, -170.0]), share=1.0)]
+    [170, 190]
+    """
+    rad = np.radians(angles)
+    centre = np.degrees(np.arctan2(np.sin(rad).mean(), np.cos(rad).mean()))
+    offset = (angles - centre + 180.0) % 360.0 - 180.0  # each angle relative to the mean, in (-180, 180]
+    tail = 100.0 * (1.0 - share) / 2.0
+    low, high = np.percentile(offset, [tail, 100.0 - tail])
+    return float(centre + low), float(centre + high)
+
+
+def _draw_on_circle(ax: plt.Axes, x: np.ndarray, y: np.ndarray, classes: np.ndarray, colour) -> None:
+    """The toy's L2-normalised 2-D embeddings: the unit circle, the images on it, and outside it one arc
+    per class (the central 90% of its images' angles; a radius per class, so overlapping classes stay
+    apart) labelled with the class."""
+    from matplotlib.patches import Arc
+
+    ax.add_patch(plt.Circle((0, 0), 1.0, fill=False, color="0.6", lw=1))
+    for i, c in enumerate(classes):
+        m = y == c
+        if not m.any():
+            continue
+        start, end = _circular_span(np.degrees(np.arctan2(x[m, 1], x[m, 0])))
+        r = _ARC_RADIUS + _ARC_STEP * i
+        ax.add_patch(Arc((0, 0), 2 * r, 2 * r, theta1=start, theta2=end, color=colour(i), lw=3.5))
+        mid = np.radians((start + end) / 2)
+        ax.text((r + 0.09) * np.cos(mid), (r + 0.09) * np.sin(mid), str(c), color=colour(i), fontsize=10,
+                fontweight="bold", ha="center", va="center")
+    lim = _ARC_RADIUS + _ARC_STEP * max(len(classes) - 1, 0) + 0.2
+    ax.set(xlim=(-lim, lim), ylim=(-lim, lim))
+
+
+# Class arcs of the 2-D figure: the first at this radius, each further class this much further out.
+_ARC_RADIUS, _ARC_STEP = 1.08, 0.035
+
+
+def embeddings_2d(runs: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> plt.Figure:
+    """Test embeddings in 2-D, one panel per run (see :func:`embeddings_grid`)."""
+    return embeddings_grid({"": runs}, title)
+
+
+def embeddings_grid(rows: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], title: str) -> plt.Figure:
+    """Test embeddings in 2-D: one row per entry of ``rows`` (e.g. one per seed, labelled by its key),
+    one panel per run in it (e.g. without and with TCM side by side).
+
+    2-D embeddings (the toy) are drawn as they are, on the unit circle at fixed limits, so how the
+    classes share it shows (a collapsed run is one short arc, not a stretched strip), with one arc per
+    class outside the circle; higher dimensions by their first two principal components (PCA fitted
+    on each panel's own embeddings: the panels share limits, so spreads compare, but each panel's
+    directions are its own run's), the axis labels naming the projection and the share of variance
+    each component keeps. One colour per class, the same in every panel (legend on the right)."""
+    ncols = max(len(runs) for runs in rows.values())
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(5.6 * ncols + 1.2, 5.4 * len(rows)), sharex=True,
+                             sharey=True, squeeze=False, layout="constrained")
+    all_classes = np.unique(np.concatenate([y for runs in rows.values() for _, y in runs.values()]))
+    cmap = plt.get_cmap("tab10" if len(all_classes) <= 10 else "tab20")
+    shown = all_classes[:cmap.N]
+    index = {c: i for i, c in enumerate(shown)}
+    for r, (row, runs) in enumerate(rows.items()):
+        for ax in axes[r][len(runs):]:
+            ax.set_visible(False)
+        for ax, (label, (emb, y)) in zip(axes[r], runs.items()):
+            x, y = _sample(emb, y, 5000)
+            if x.shape[1] == 2:
+                projection, names = "raw 2-D embeddings", ("embedding dimension 1", "embedding dimension 2")
+            else:
+                from sklearn.decomposition import PCA
+
+                pca = PCA(n_components=2, random_state=0).fit(x)
+                x = pca.transform(x)
+                projection = f"PCA of the {emb.shape[1]}-D embeddings (fitted per run)"
+                names = tuple(f"PCA component {i + 1} ({100 * v:.0f}% of variance)"
+                              for i, v in enumerate(pca.explained_variance_ratio_))
+            # Classes past the palette are drawn grey rather than dropped, so every sampled point shows.
+            other = ~np.isin(y, shown)
+            if other.any():
+                ax.scatter(x[other, 0], x[other, 1], s=10, alpha=0.3, color="grey", label="other classes",
+                           rasterized=True)
+            for c in shown:
+                m = y == c
+                ax.scatter(x[m, 0], x[m, 1], s=28, alpha=0.55, color=cmap(index[c]), edgecolors="none",
+                           label=f"class {c}", rasterized=True)
+            if emb.shape[1] == 2:
+                _draw_on_circle(ax, x, y, shown, cmap)
+            ax.set(title=f"{row}: {label}" if row else f"{label}: {projection}", xlabel=names[0], ylabel=names[1])
+            # adjustable="box": equal aspect with shared limits (the default "datalim" cannot share both axes).
+            ax.set_aspect("equal", adjustable="box")
+        last = axes[r][len(runs) - 1]
+        if r == 0 and len(shown) <= 20:
+            last.legend(fontsize=9, markerscale=1.3, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                        title="test images", frameon=False)
+    two_d = all(e.shape[1] == 2 for runs in rows.values() for e, _ in runs.values())
+    note = (" on the unit circle; arcs outside it: the central 90% of each class's angles" if two_d
+            else " (shared axes)")
+    fig.suptitle(f"{title}: test embeddings{note}")
     return fig
 
 

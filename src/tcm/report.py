@@ -458,6 +458,13 @@ def _first_seed(cfg: Config, names: tuple[str, ...], file: Callable[[RunDir, int
     return next((s for s in sorted(common) if all(file(cfg.run_dir(n), s).is_file() for n in names)), None)
 
 
+def _with_recall(cfg: Config, name: str, seed: int, label: str) -> str:
+    """``label`` with the seed's Recall@1 and OPIS, where its metrics.json has them."""
+    path = cfg.run_dir(name).seed_metrics(seed)
+    m = headline(json.loads(path.read_text())) if path.is_file() else {}
+    return f"{label} (R@1 {m['R@1']:.3f}, OPIS {m['OPIS']:.4f})" if {"R@1", "OPIS"} <= set(m) else label
+
+
 def _pair_figures(cfg: Config, pair: Pair, out: Path) -> dict[str, Path]:
     stem = pair.key.replace("/", "_")
     names = (pair.without, pair.with_tcm)
@@ -475,8 +482,17 @@ def _pair_figures(cfg: Config, pair: Pair, out: Path) -> dict[str, Path]:
         made[f"Pair similarity histograms: {pair.key} (seed {seed})"] = figures.save(
             figures.similarity_histograms(emb, (tcm.pos_margin, tcm.neg_margin), f"{pair.key} (seed {seed})"),
             out / f"similarities_{stem}.png")
-        made[f"Test embeddings in 2-D: {pair.key} (seed {seed})"] = figures.save(
-            figures.embeddings_2d(emb, f"{pair.key} (seed {seed})"), out / f"embeddings_{stem}.png")
+        # 2-D (the toy): every seed both runs have embeddings of, one row each, as the picture is judged
+        # across seeds; higher dimensions: the first seed's PCA (large test sets: each seed costs a load).
+        seeds = [seed]
+        if all(e.shape[1] == 2 for e, _ in emb.values()):
+            seeds = [s for s in sorted(set.intersection(*(set(evaluated_seeds(cfg, n)) for n in names)))
+                     if all(cfg.run_dir(n).seed_embeddings(s).is_file() for n in names)]
+        rows = {f"seed {s}": {_with_recall(cfg, n, s, label): emb[label] if s == seed
+                              else _load_embeddings(cfg.run_dir(n).seed_embeddings(s))
+                              for label, n in zip(("without TCM", "with TCM"), names)} for s in seeds}
+        made[f"Test embeddings in 2-D: {pair.key} (seeds {_seed_list(seeds)})"] = figures.save(
+            figures.embeddings_grid(rows, pair.key), out / f"embeddings_{stem}.png")
     return made
 
 
@@ -613,7 +629,7 @@ def _readme(cfg: Config, summary: pd.DataFrame, comparison: pd.DataFrame, claims
         "[figures/opis_vs_recall.png](figures/opis_vs_recall.png) | every evaluated run, mean ± sd over seeds "
         "(the `landscape` profile for the paper's study) |",
         "| 2-D toy embeddings without and with TCM | `figures/embeddings_*.png` | `embeddings.npz` of each pair's "
-        "first common seed (the `toy` profile has 2-D embeddings; others are shown by PCA) |",
+        "first common seed; 2-D embeddings (the `toy` profile): every common seed, one row each; others by PCA |",
         "| positive / negative similarity distributions | `figures/similarities_*.png` | `embeddings.npz` of each "
         "pair's first common seed |",
         "| training curves | [figures/training_curves.png](figures/training_curves.png) | `history.csv` of each run "

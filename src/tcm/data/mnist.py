@@ -1,6 +1,7 @@
-"""MNIST for the paper's toy experiment: torchvision's MNIST when it is on disk or can be downloaded,
-else scikit-learn's 8x8 digits as the offline fallback. Which one was used is logged and recorded
-as the ``source`` in dataset.json, so a report can never mistake one for the other.
+"""MNIST: torchvision's MNIST, read from disk or downloaded. There is no fallback: when neither works
+the data stage stops with a DataError, so a data set of ``source: mnist`` always holds MNIST. Offline,
+use ``source: sklearn_digits`` (scikit-learn's 8x8 digits, as the ``toy`` profile does) and name the
+data set and runs after it.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from PIL import Image
 
 from tcm.config import DatasetConfig
 from tcm.data.digits import assign_splits
+from tcm.data.manifest import DataError
 
 log = logging.getLogger(__name__)
-
-FALLBACK = "sklearn_digits (offline fallback for mnist)"
 
 
 def default_cache() -> Path:
@@ -45,25 +45,23 @@ def load_mnist(root: Path, download: bool = True) -> tuple[np.ndarray, np.ndarra
 
 
 def prepare_mnist(cfg: DatasetConfig, out_dir: Path) -> tuple[pd.DataFrame, str]:
-    """Write the images as PNGs under ``out_dir/images``; returns (table, source actually used)."""
+    """Write the images as PNGs under ``out_dir/images``; returns (table, source used: always "mnist").
+
+    Raises :class:`DataError` when MNIST is neither under ``root`` nor downloadable (no silent
+    substitute: a data set, its runs and its report are named after what they hold)."""
     root = Path(cfg.root) if cfg.root else default_cache()
     try:
         images, labels = load_mnist(root, download=True)
-        used = "mnist"
-        log.info("mnist: using torchvision MNIST from %s (%d images)", root, len(images))
-    except Exception as e:  # noqa: BLE001 - offline, proxy, mirror down: all mean "use the fallback"
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        images = np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
-        labels = digits.target
-        used = FALLBACK
-        log.warning("mnist: torchvision MNIST unavailable under %s (%s: %s); using the scikit-learn digits "
-                    "(1,797 8x8 images) as the offline fallback", root, type(e).__name__, e)
+    except Exception as e:  # offline, proxy, mirror down: all mean "MNIST is not available here"
+        raise DataError(f"mnist: torchvision's MNIST is not under {root} and could not be downloaded "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); copy its MNIST/raw/ "
+                        "files there, or use source: sklearn_digits (scikit-learn's 8x8 digits, no download) "
+                        "and name the data set and runs after the digits") from None
+    log.info("mnist: using torchvision MNIST from %s (%d images)", root, len(images))
     rows = []
     for i, (img, label, split) in enumerate(zip(images, labels, assign_splits(labels, cfg))):
         rel = Path("images") / str(int(label)) / f"{i:05d}.png"
         (out_dir / rel.parent).mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.asarray(img, dtype=np.uint8), mode="L").save(out_dir / rel)
         rows.append((rel.as_posix(), int(label), split))
-    return pd.DataFrame(rows, columns=["path", "label", "split"]), used
+    return pd.DataFrame(rows, columns=["path", "label", "split"]), "mnist"
