@@ -5,7 +5,7 @@ sets, thread counts) or between CPU and GPU. This trains every run of params.yam
 the `tcm` library alone (no DVC, papermill or MLflow: it also runs on the GPU machine), and writes
 each seed's headline metrics as JSON:
 
-    python benchmarks/machine_spread.py run --device cpu --out spread-here.json
+    python benchmarks/machine_spread.py run --device cpu --out spread-here.json [--threads 1]
     python benchmarks/machine_spread.py compare spread-here.json spread-other.json [...] \
         --out reports/benchmarks/machine_spread.md
 """
@@ -23,12 +23,18 @@ import yaml
 
 
 def run(args: argparse.Namespace) -> None:
-    from tcm import evaluate, train
+    import torch
+
+    from tcm import evaluate, pretrain, train
     from tcm.config import parse_config
     from tcm.data import prepare
     from tcm.device import environment, pick_device
     from tcm.stats import headline
 
+    if args.threads:
+        # Another thread count changes the order of floating-point sums: on one machine, the nearest
+        # stand-in for another CPU.
+        torch.set_num_threads(args.threads)
     raw = yaml.safe_load(Path(args.params).read_text())
     raw["mlflow"]["enabled"] = False
     raw["run_defaults"]["train"]["device"] = args.device
@@ -36,9 +42,10 @@ def run(args: argparse.Namespace) -> None:
     out: dict = {"environment": environment(pick_device(args.device)), "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         cfg = parse_config(raw, base_dir=tmp)
+        t0 = time.perf_counter()
         for name, ds in cfg.datasets.items():
             prepare(ds, cfg.data_dir(name))
-        t0 = time.perf_counter()
+            pretrain.run(cfg, name, progress=False)
         for name in cfg.runs:
             train.run(cfg, name, progress=False)
             per_seed = evaluate.run(cfg, name, progress=False)
@@ -69,7 +76,7 @@ def compare(args: argparse.Namespace) -> None:
                      f"torch threads), torch {e['torch']}, numpy {e['numpy']}, Python {e['python']}; "
                      f"{m['seconds']:.0f} s for all runs")
     lines += ["", "## Spread across seeds vs across machines", "",
-              "sd over seeds: on machine 0, each run's 3 seeds; sd over machines: for each run and seed, the sd of "
+              "sd over seeds: on machine 0, each run's seeds; sd over machines: for each run and seed, the sd of "
               "its value across machines, then the mean over seeds.", ""]
     table = []
     for run, g in df.groupby("run", sort=False):
@@ -81,11 +88,46 @@ def compare(args: argparse.Namespace) -> None:
             row[f"{metric} sd over seeds"] = seeds.sd
             row[f"{metric} sd over machines"] = across
         table.append(row)
-    lines += [pd.DataFrame(table).to_markdown(index=False, floatfmt=".4f"), "", "## Every value", "",
+    lines += [pd.DataFrame(table).to_markdown(index=False, floatfmt=".4f"), ""]
+    lines += _verdicts(df, len(machines))
+    lines += ["## Every value", "",
               df.pivot_table(index=["run", "seed"], columns="machine", values=["R@1", "OPIS"]).to_markdown(
                   floatfmt=".4f"), ""]
     Path(args.out).write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def _verdicts(df, n_machines: int) -> list[str]:
+    """Each without/with-TCM pair's paired 95% t interval of the OPIS and R@1 change over seeds, on each
+    machine, and whether the verdicts (lower / higher / no difference) agree."""
+    import pandas as pd
+
+    from tcm.stats import paired_difference
+
+    runs = list(dict.fromkeys(df["run"]))
+    rows = []
+    for run in runs:
+        if f"{run}-tcm" not in runs:
+            continue
+        for metric in ("OPIS", "R@1"):
+            row = {"comparison": f"{run} vs {run}-tcm", "metric": metric}
+            for i in range(n_machines):
+                g = df[df.machine == i]
+                a = g[g.run == run].set_index("seed")[metric]
+                b = g[g.run == f"{run}-tcm"].set_index("seed")[metric]
+                seeds = sorted(set(a.index) & set(b.index))
+                d = paired_difference(a[seeds].to_numpy(), b[seeds].to_numpy())
+                verdict = "lower" if d.high < 0 else "higher" if d.low > 0 else "no difference"
+                row[f"machine {i}"] = f"{verdict}: {d.mean:+.4f} [{d.low:+.4f}, {d.high:+.4f}]"
+                row.setdefault("verdicts", []).append(verdict)
+            row["agree"] = "yes" if len(set(row.pop("verdicts"))) == 1 else "NO"
+            rows.append(row)
+    if not rows:
+        return []
+    return ["## Verdicts on each machine", "",
+            "Paired change with TCM (with - without) over the seeds both runs have, two-sided 95% Student-t "
+            "interval; the verdict is lower / higher when the interval excludes 0, else no difference.", "",
+            pd.DataFrame(rows).to_markdown(index=False), ""]
 
 
 def main() -> None:
@@ -94,6 +136,7 @@ def main() -> None:
     p = sub.add_parser("run")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=run)
     p = sub.add_parser("compare")

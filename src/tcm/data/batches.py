@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-from tcm.config import DatasetConfig
+from tcm.config import EMBEDDED_SOURCES, DatasetConfig
 from tcm.data.dataset import ManifestDataset
 from tcm.data.manifest import Manifest
 from tcm.data.transforms import normalize, test_geometry, test_transform, train_geometry, train_transform
@@ -127,8 +127,8 @@ def input_pipeline(manifest: Manifest, split: str, cfg: DatasetConfig, decode: D
                    device: torch.device, train: bool) -> InputPipeline:
     """The training (``train``: random crop and flip) or test (resize and centre crop) input of one split."""
     if decode == "workers":
-        return InputPipeline(ManifestDataset(manifest, split, train_transform(cfg) if train else test_transform(cfg)),
-                             None, None)
+        return InputPipeline(ManifestDataset(manifest, split, train_transform(cfg) if train else test_transform(cfg),
+                                             cache=cfg.source in EMBEDDED_SOURCES), None, None)
     if decode != "device":
         raise ValueError(f"decode: expected 'workers' or 'device', but got {decode!r}")
     geometry = train_geometry(cfg) if train else test_geometry(cfg)
