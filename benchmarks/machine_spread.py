@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -55,6 +56,21 @@ def run(args: argparse.Namespace) -> None:
     Path(args.out).write_text(json.dumps(out, indent=1))
 
 
+def collect(args: argparse.Namespace) -> None:
+    """The same JSON from the results `dvc repro` wrote on this machine (runs/<run>/eval/seed-<s>/)."""
+    from tcm.config import load_config
+    from tcm.stats import headline
+
+    cfg = load_config(args.params)
+    out: dict = {"runs": {}, "seconds": float("nan")}
+    for name in cfg.runs:
+        d = cfg.run_dir(name).root
+        out["environment"] = json.loads((d / "run.json").read_text())["environment"]
+        out["runs"][name] = {str(s): headline(json.loads((d / f"eval/seed-{s}/metrics.json").read_text()))
+                             for s in cfg.run(name).train.seeds}
+    Path(args.out).write_text(json.dumps(out, indent=1))
+
+
 def compare(args: argparse.Namespace) -> None:
     import pandas as pd
 
@@ -69,12 +85,14 @@ def compare(args: argparse.Namespace) -> None:
     df = pd.DataFrame(rows)
     lines = ["# Results across machines and seeds (the default profile)", "",
              "Measured by `python benchmarks/machine_spread.py`; each machine trained and evaluated every run "
-             "and seed of the default with the `tcm` library (MLflow off).", ""]
+             "and seed of the default with the `tcm` library (MLflow off), or `collect` read what its `dvc repro` "
+             "wrote. A 'machine' may be the same CPU with another torch thread count (`run --threads 1`): another "
+             "order of floating-point sums, the nearest stand-in for another CPU that one machine offers.", ""]
     for i, m in enumerate(machines):
         e = m["environment"]
         lines.append(f"- machine {i}: {e['device']} (CPU {e['cpu']}, {e['cpu_count']} cores, {e['torch_threads']} "
-                     f"torch threads), torch {e['torch']}, numpy {e['numpy']}, Python {e['python']}; "
-                     f"{m['seconds']:.0f} s for all runs")
+                     f"torch threads), torch {e['torch']}, numpy {e['numpy']}, Python {e['python']}"
+                     + ("; from `dvc repro`" if math.isnan(m["seconds"]) else f"; {m['seconds']:.0f} s for all runs"))
     lines += ["", "## Spread across seeds vs across machines", "",
               "sd over seeds: on machine 0, each run's seeds; sd over machines: for each run and seed, the sd of "
               "its value across machines, then the mean over seeds.", ""]
@@ -139,6 +157,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=run)
+    p = sub.add_parser("collect", help="the results of this machine's `dvc repro`, without training again")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=collect)
     p = sub.add_parser("compare")
     p.add_argument("results", nargs="+")
     p.add_argument("--out", default="reports/benchmarks/machine_spread.md")

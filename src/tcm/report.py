@@ -60,8 +60,8 @@ VERDICT_METRICS = ("R@1", "OPIS")
 DETECT_CHANGE = 0.10
 LEFT_OUT = ("did not learn", "collapsed")
 # Data sets the package makes itself (or bundles): a report on them only is a demonstration (see _purpose).
-GENERATED_SOURCES = {"glyphs": "glyphs drawn by the package", "sklearn_digits": "scikit-learn's 8x8 digits",
-                     "mnist": "MNIST"}
+GENERATED_SOURCES = {"glyphs": "random-stroke glyphs of classes disjoint across pretrain, train and test",
+                     "sklearn_digits": "scikit-learn's 8x8 digits", "mnist": "MNIST"}
 
 
 def change_column(metric: str) -> str:
