@@ -21,7 +21,8 @@ from conftest import copy_project, run_command, tiny_params, write_params
 
 from tcm.cli import main
 
-STAGES = {"validate", "data@digits", *(f"{s}@{r}" for s in ("train", "evaluate") for r in RUNS), "report"}
+STAGES = {"validate", "data@digits", "pretrain@digits", *(f"{s}@{r}" for s in ("train", "evaluate") for r in RUNS),
+          "report"}
 
 
 def _params() -> dict:

@@ -154,7 +154,7 @@ def test_code_change_retrains_and_reevaluates(project: Path) -> None:
     before = {r: (project / f"runs/{r}/metrics.json").read_text() for r in RUNS}
     head = _sh(["git", "rev-parse", "HEAD"], project).stdout.strip()
     try:
-        loss.write_text(original.replace("return self.pos_weight * pos_term", "return 10 * self.pos_weight * pos_term"))
+        loss.write_text(original.replace("(self.pos_weight * pos_term", "(10 * self.pos_weight * pos_term"))
         assert loss.read_text() != original
         out = _sh(["dvc", "repro"], project).stdout
         ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}

@@ -108,7 +108,8 @@ def _dry_run_stages(tmp_path: Path, profile: str) -> tuple[set[str], dict]:
 
 def test_paper_profile_dry_run_lists_every_stage(tmp_path) -> None:
     stages, runs = _dry_run_stages(tmp_path, "paper")
-    expected = {"validate", "report", *(f"data@{d}" for d in ("cub", "cars196", "sop", "inat2018")),
+    benchmarks = ("cub", "cars196", "sop", "inat2018")
+    expected = {"validate", "report", *(f"{s}@{d}" for s in ("data", "pretrain") for d in benchmarks),
                 *(f"{s}@{r}" for s in ("train", "evaluate") for r in runs)}
     assert stages == expected
 
@@ -150,7 +151,8 @@ def test_cub_quick_profile_is_the_cub_rs_at_k_recipe_sized_for_ten_minutes(tmp_p
 def test_cub_quick_profile_dry_run_lists_its_stages(tmp_path) -> None:
     stages, runs = _dry_run_stages(tmp_path, "cub-quick")
     assert sorted(runs) == ["cub-resnet50-rs_at_k", "cub-resnet50-rs_at_k-tcm"]
-    assert stages == {"validate", "data@cub", "report", *(f"{s}@{r}" for s in ("train", "evaluate") for r in runs)}
+    assert stages == {"validate", "data@cub", "pretrain@cub", "report",
+                      *(f"{s}@{r}" for s in ("train", "evaluate") for r in runs)}
 
 
 @pytest.mark.e2e

@@ -475,7 +475,7 @@ def test_purpose_statement_for_data_the_package_makes(full: Config, tmp_path: Pa
     assert "**not a test of the paper's claims**" in readme and "`paper` and `cub-quick` profiles" in readme
     assert "reported as they came out" in readme
     glyphs = S(runs={"r": S(dataset="g")}, datasets={"g": S(source="glyphs", synthetic=None)})
-    assert "g: glyphs drawn by the package" in report._purpose(glyphs)[2]  # a source this branch's schema lacks
+    assert "g: random-stroke glyphs of classes disjoint across pretrain" in report._purpose(glyphs)[2]
     p = tiny_params(RUNS)
     p["datasets"] = {"digits": {"source": "cub", "synthetic": {"n_classes": 8}}}
     assert "a generated copy in cub's file format" in report._purpose(parse_config(p, base_dir=tmp_path))[2]

@@ -4,7 +4,7 @@
 another. This command, run in the project:
 
 1. validates params.yaml (what ``tcm check-params`` does);
-2. brings every stage that a train stage depends on (validate, data) up to date with one ``dvc repro``;
+2. brings every stage that a train stage depends on (validate, data, pretrain) up to date with one ``dvc repro``;
 3. asks ``dvc status`` which train stages are out of date;
 4. runs each of them with DVC's own resolved ``cmd`` (shell, working directory, ``DVC_ROOT`` and
    ``DVC_STAGE`` as ``dvc repro`` sets them, non-persistent outputs removed first) in a pool of
