@@ -16,8 +16,9 @@ import pytest
 from conftest import tiny_params
 
 from tcm import figures, report
-from tcm.config import Config, parse_config
+from tcm.config import Config, parse_config, resolved_run
 from tcm.notebook import LEGEND_CLASSES, NAMED_OUTLIERS, draw_utility, plot_history, run_utility, utility_gaps
+from tcm.provenance import evaluation_record
 
 matplotlib.use("Agg")
 
@@ -44,6 +45,9 @@ def write_seed(cfg: Config, run: str, seed: int, r1: float, opis: float, **extra
     d = cfg.run_dir(run)
     d.seed_metrics(seed).parent.mkdir(parents=True, exist_ok=True)
     rates = {"min": 0.0, "median": 0.001, "max": 0.01, "worst_share_mean": 0.008}
+    # settings.json records the checkpoint and settings the results came from (as the evaluate stage does)
+    record = evaluation_record(f"h{seed}", resolved_run(cfg, run))
+    d.seed_settings(seed).write_text(json.dumps({"run": run, "seed": seed, "provenance": record}))
     d.seed_metrics(seed).write_text(json.dumps({
         "recall_at_k": {"1": r1, "2": r1 + 0.05, "4": 0.97, "8": 0.99}, "map_at_r": r1 / 2, "r_precision": r1 / 1.5,
         "opis": opis, "eps_opis": 5 * opis,
@@ -66,7 +70,7 @@ def write_train(cfg: Config, run: str, seeds: list[int]) -> None:
                    "lr": 0.001, "images_per_s": 500.0, "seconds": 1.0} for s in seeds for e in (1, 2)]).to_csv(
         d.history, index=False)
     seed_info = {str(s): {"config_hash": f"h{s}"} for s in seeds}
-    d.info.write_text(json.dumps({"run": run, "settings": {}, "seeds": seed_info}))
+    d.info.write_text(json.dumps({"run": run, "settings": resolved_run(cfg, run), "seeds": seed_info}))
 
 
 def populate(cfg: Config, seeds: dict[str, list[int]]) -> None:
@@ -458,7 +462,8 @@ def test_chance_level_and_collapse_are_judged_per_seed(full: Config) -> None:
     boot_and_medians(full, {"digits-ms": {0: {"r1": 0.2}}})
     for run in RUNS:
         for s in range(3):
-            full.run_dir(run).seed_settings(s).write_text(json.dumps({"num_classes": 5, "num_images": 900}))
+            path = full.run_dir(run).seed_settings(s)
+            path.write_text(json.dumps({**json.loads(path.read_text()), "num_classes": 5, "num_images": 900}))
     per_seed, summary, cmp = tables(full)
     seeds = per_seed.set_index(["run", "seed"])["learned"]
     assert seeds[("digits-ms", 0)] == "did not learn" and seeds[("digits-ms", 1)] == "yes"

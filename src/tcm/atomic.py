@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,3 +42,25 @@ def write_text(path: Path | str, text: str) -> None:
 
 def write_json(path: Path | str, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+@contextmanager
+def atomic_dir(path: Path | str) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``path``; it replaces the folder ``path`` as a whole only
+    if the block succeeds, so readers see the old files or the new ones, never a mix.
+
+    POSIX cannot swap two folders in one rename: the old one is moved aside first, so for an instant
+    ``path`` is absent (read as "not there yet", never as mixed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    aside = stage.with_suffix(".old")
+    try:
+        yield stage
+        os.chmod(stage, 0o777 & ~_umask())
+        if path.exists():
+            os.replace(path, aside)
+        os.replace(stage, path)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(aside, ignore_errors=True)

@@ -6,13 +6,14 @@ threshold report, from the chunked metrics of ``tcm.metrics``), embeddings.npz a
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from tcm.atomic import atomic_path, write_json
+from tcm.atomic import atomic_dir, atomic_path, write_json
 from tcm.checkpoint import load_trained, save_checkpoint
 from tcm.config import Config, ConfigError, resolved_run, training_settings
 from tcm.data import read_manifest
@@ -21,6 +22,7 @@ from tcm.device import pick_device
 from tcm.embed import embed
 from tcm.metrics import evaluate_embeddings
 from tcm.metrics.opis import curves_table
+from tcm.provenance import RECORD_KEY, evaluation_record
 from tcm.runfiles import CheckpointError
 from tcm.stats import seed_summary
 from tcm.tracking import Tracker, flatten
@@ -76,6 +78,8 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
         print(f"tcm: evaluation.recall_k: skipping k = {skipped} for run {name}: each query of data set "
               f"{run_cfg.dataset!r} has only {len(dataset) - 1} other images", file=sys.stderr)
     tracker = tracker or Tracker(cfg)
+    for left in run_dir.eval_dir.glob(".seed-*"):  # atomic_dir's folders, left by a process killed mid-write
+        shutil.rmtree(left, ignore_errors=True)
 
     per_seed: dict[int, dict] = {}
     for seed, (model, state) in states.items():
@@ -88,14 +92,19 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
                                      target_far=ev.target_far, worst_share=ev.worst_share, progress=progress,
                                      bootstrap=ev.bootstrap.model_dump())
         metrics, curves = result.metrics, result.curves
-        # metrics.json holds results; what they were computed with goes beside it.
-        write_json(run_dir.seed_settings(seed), {"run": name, "seed": seed, **metrics.pop("settings")})
+        # The embeddings first: a crash before the seed folder is replaced leaves the old results, whose
+        # record then still names the checkpoint they came from.
         with atomic_path(run_dir.seed_embeddings(seed)) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, embeddings=emb, labels=dataset.labels)
-        with atomic_path(run_dir.seed_curves(seed)) as tmp:
-            curves_table(curves).to_csv(tmp, index=False)
-        write_json(run_dir.seed_metrics(seed), metrics)
+        # One folder per seed, replaced as a whole: never new settings beside old metrics.
+        with atomic_dir(run_dir.seed_eval_dir(seed)) as stage:
+            # metrics.json holds results; what they were computed with (and from) goes beside it.
+            write_json(stage / run_dir.seed_settings(seed).name,
+                       {"run": name, "seed": seed, **metrics.pop("settings"),
+                        RECORD_KEY: evaluation_record(state["config_hash"], settings)})
+            curves_table(curves).to_csv(stage / run_dir.seed_curves(seed).name, index=False)
+            write_json(stage / run_dir.seed_metrics(seed).name, metrics)
         per_seed[seed] = metrics
 
         # The training's MLflow run, found by its settings and code; a new one if this store lacks it.

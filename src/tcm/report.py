@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from tcm import figures
 from tcm.atomic import atomic_path, write_json, write_text
 from tcm.config import Config
 from tcm.notebook import run_utility
+from tcm.provenance import stale_reason
 from tcm.runfiles import RunDir
 from tcm.stats import HEADLINE, Z_95, Z_POWER_80, headline, paired_difference, seeds_needed, spread, verdict
 from tcm.tracking import Tracker
@@ -99,22 +101,33 @@ def metric_columns(columns) -> list[str]:
     return recall + [c for c in (*RETRIEVAL, *CONSISTENCY) if c in columns]
 
 
+def stale_seeds(cfg: Config, name: str) -> dict[int, str]:
+    """The configured seeds of run ``name`` whose results are not those of the checkpoint and settings
+    now on record, with the reason (:func:`tcm.provenance.stale_reason`)."""
+    reasons = {seed: stale_reason(cfg, name, seed) for seed in cfg.runs[name].train.seeds}
+    return {seed: why for seed, why in reasons.items() if why}
+
+
 def evaluated_seeds(cfg: Config, name: str) -> list[int]:
-    """The configured seeds of run ``name`` that have metrics, ascending (a seed no longer configured
-    is not reported even if its files remain)."""
-    return sorted(set(cfg.runs[name].train.seeds) & set(cfg.run_dir(name).evaluated_seeds()))
+    """The configured seeds of run ``name`` with current metrics, ascending: a seed no longer
+    configured is not reported even if its files remain, nor a stale one (:func:`stale_seeds`)."""
+    current = set(cfg.runs[name].train.seeds) - set(stale_seeds(cfg, name))
+    return sorted(current & set(cfg.run_dir(name).evaluated_seeds()))
 
 
 def per_seed_table(cfg: Config) -> pd.DataFrame:
     """One row per configured run and seed: the seed's metrics and :data:`DIAGNOSTICS` (NaN where its
-    metrics.json predates them), status 'done' or 'missing', and whether it learned: 'yes', 'did not
-    learn' (Recall@1 at chance, :func:`chance_bound`), 'collapsed' (:data:`COLLAPSE_NEG_COS_MEDIAN`,
-    :data:`COLLAPSE_R1_DROP_PP`; the reason in 'collapsed because') or 'unknown'."""
+    metrics.json predates them), status 'done', 'stale' (results of another training or other settings
+    than params.yaml's: shown as missing, the reason in 'stale because') or 'missing', and whether it
+    learned: 'yes', 'did not learn' (Recall@1 at chance, :func:`chance_bound`), 'collapsed'
+    (:data:`COLLAPSE_NEG_COS_MEDIAN`, :data:`COLLAPSE_R1_DROP_PP`; the reason in 'collapsed because') or
+    'unknown'."""
     rows = []
     for name, run in cfg.runs.items():
-        evaluated = evaluated_seeds(cfg, name)
+        evaluated, stale = evaluated_seeds(cfg, name), stale_seeds(cfg, name)
         for seed in run.train.seeds:
-            row = {"run": name, "seed": seed, "status": "done" if seed in evaluated else "missing"}
+            row = {"run": name, "seed": seed, "stale because": stale.get(seed, ""),
+                   "status": "done" if seed in evaluated else "stale" if seed in stale else "missing"}
             if seed in evaluated:
                 metrics = json.loads(cfg.run_dir(name).seed_metrics(seed).read_text())
                 row.update(headline(metrics))
@@ -124,7 +137,7 @@ def per_seed_table(cfg: Config) -> pd.DataFrame:
     configured = [f"R@{k}" for k in cfg.evaluation.recall_k] + [*RETRIEVAL, *CONSISTENCY]
     table = pd.DataFrame(rows, columns=None if rows else ["run", "seed", "status"])
     table = table.reindex(columns=["run", "seed", *metric_columns({*table.columns, *configured}), *DIAGNOSTICS,
-                                   "status"])
+                                   "status", "stale because"])
     reasons = collapse_reasons(cfg, table)
     table["learned"] = [_seed_learned(cfg, r["run"], int(r["seed"]), r.get("R@1", math.nan), reasons)
                         if r["status"] == "done" else None for _, r in table.iterrows()]
@@ -173,7 +186,8 @@ def _seed_list(seeds) -> str:
 
 def run_summary(cfg: Config, per_seed: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per configured run: its settings, and per metric its mean and sd over the evaluated
-    seeds (n of them); status 'done', 'partial' (fewer seeds evaluated than configured) or 'missing'."""
+    seeds (n of them); status 'done', 'partial' (fewer seeds evaluated than configured), 'stale' (no
+    current seed, some stale: see :func:`per_seed_table`) or 'missing'."""
     per_seed = per_seed_table(cfg) if per_seed is None else per_seed
     metrics = metric_columns(per_seed.columns)
     rows = []
@@ -183,7 +197,8 @@ def run_summary(cfg: Config, per_seed: pd.DataFrame | None = None) -> pd.DataFra
         row = {"run": name, "dataset": run.dataset, "backbone": run.model.backbone, "loss": run.loss.name,
                "tcm": run.tcm.enabled, "batch_size": run.train.batch_size, "epochs": run.train.epochs,
                "seeds": _seed_list(done.index), "n": n,
-               "status": "missing" if n == 0 else "partial" if n < len(run.train.seeds) else "done"}
+               "status": "partial" if 0 < n < len(run.train.seeds) else "done" if n else
+               "stale" if (per_seed[per_seed["run"] == name]["status"] == "stale").any() else "missing"}
         for m in metrics:
             s = spread(done[m].dropna()) if n else spread([])
             row[f"{m} mean"], row[f"{m} sd"] = s.mean, s.sd
@@ -209,11 +224,11 @@ def chance_bound(num_classes: int, num_queries: int) -> float:
 
 
 def _chance_bound_of(cfg: Config, name: str, seed: int) -> float | None:
-    """:func:`chance_bound` of one evaluated seed's test split (None without its settings.json)."""
+    """:func:`chance_bound` of one evaluated seed's test split (None without its settings.json or sizes)."""
     path = cfg.run_dir(name).seed_settings(seed)
-    if not path.is_file():
+    settings = json.loads(path.read_text()) if path.is_file() else {}
+    if "num_classes" not in settings or "num_images" not in settings:
         return None
-    settings = json.loads(path.read_text())
     return chance_bound(int(settings["num_classes"]), int(settings["num_images"]))
 
 
@@ -591,7 +606,9 @@ def _readme(cfg: Config, summary: pd.DataFrame, comparison: pd.DataFrame, claims
         "- Units of a change: Recall@k, MAP@R and R-precision in **percentage points** (columns named "
         "'(pp)'); OPIS and eps-OPIS in their own unit, with the relative change in % ('OPIS change %').",
         "- Seeds not evaluated are shown as missing and never filled in; a run with fewer evaluated seeds "
-        "than configured has status 'partial'.", "",
+        "than configured has status 'partial'. A seed whose results came from another training or other "
+        "settings than params.yaml's is 'stale': left out like a missing one, the reason in "
+        "[tables/runs_per_seed.md](tables/runs_per_seed.md) ('stale because').", "",
         "## Settings used", "",
         f"- OPIS: utility = F-beta of TPR and TNR with beta = {o.beta}; calibration range = the thresholds where "
         f"the overall FAR is in [{o.far_range[0]}, {o.far_range[1]}], {o.n_thresholds} evenly spaced; "
@@ -607,7 +624,8 @@ def _readme(cfg: Config, summary: pd.DataFrame, comparison: pd.DataFrame, claims
         "negative- and positive-pair cosine medians of every seed are in "
         "[tables/runs_per_seed.md](tables/runs_per_seed.md) ('neg cos median', 'pos cos median').",
         f"- Runs: {len(cfg.runs)} configured, {int(status.get('done', 0))} evaluated on every seed, "
-        f"{int(status.get('partial', 0))} partial, {int(status.get('missing', 0))} missing; "
+        f"{int(status.get('partial', 0))} partial, {int(status.get('stale', 0))} stale, "
+        f"{int(status.get('missing', 0))} missing; "
         f"{len(comparison)} without/with-TCM comparisons. Settings of each run: `runs/<run>/run.json` "
         "and its MLflow runs (one per seed).", "",
         "## The paper's claims, checked", "",
@@ -723,6 +741,17 @@ def _log_to_mlflow(cfg: Config, tracker: Tracker, reports: Path, owned: dict[str
                 tracker.set_stage(run_id, "report")
 
 
+def _say_stale(per_seed: pd.DataFrame) -> None:
+    """One line on stderr for every stale seed together (they are marked in the tables too)."""
+    stale = per_seed[per_seed["status"] == "stale"]
+    if stale.empty:
+        return
+    names = [f"{r['run']} seed {r['seed']}" for _, r in stale.iterrows()]
+    listed = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    print(f"tcm: report: left out {len(names)} stale seed(s) ({listed}); {names[0]}: "
+          f"{stale.iloc[0]['stale because']}; evaluate them again (dvc repro, or tcm evaluate RUN)", file=sys.stderr)
+
+
 def run(cfg: Config, tracker: Tracker | None = None) -> dict[str, list[Path]]:
     """Write every table and figure; returns the files written by kind."""
     reports = cfg.path(cfg.paths.reports)
@@ -730,6 +759,7 @@ def run(cfg: Config, tracker: Tracker | None = None) -> dict[str, list[Path]]:
     (reports / "tables").mkdir(parents=True, exist_ok=True)
     fig_dir.mkdir(parents=True, exist_ok=True)
     per_seed = per_seed_table(cfg)
+    _say_stale(per_seed)
     summary = run_summary(cfg, per_seed)
     pairs = find_pairs(cfg)
     comparison = comparison_table(summary, pairs, per_seed)

@@ -72,14 +72,18 @@ class RunDir:
     def eval_dir(self) -> Path:
         return self.root / "eval"
 
+    def seed_eval_dir(self, seed: int) -> Path:
+        """Written as a whole (atomic.atomic_dir): metrics, settings and curves of one evaluation."""
+        return self.eval_dir / f"seed-{seed}"
+
     def seed_metrics(self, seed: int) -> Path:
-        return self.eval_dir / f"seed-{seed}" / "metrics.json"
+        return self.seed_eval_dir(seed) / "metrics.json"
 
     def seed_settings(self, seed: int) -> Path:
-        return self.eval_dir / f"seed-{seed}" / "settings.json"
+        return self.seed_eval_dir(seed) / "settings.json"
 
     def seed_curves(self, seed: int) -> Path:
-        return self.eval_dir / f"seed-{seed}" / "curves.csv"
+        return self.seed_eval_dir(seed) / "curves.csv"
 
     @property
     def embeddings_dir(self) -> Path:
