@@ -97,6 +97,31 @@ def test_mismatched_weights_file_is_a_clear_error(tmp_path) -> None:
         build_model(ModelConfig(backbone="small_cnn", weights_path=path))
 
 
+@pytest.mark.parametrize("content,words", [
+    ("whole model", ["pickled Python object (tcm.models.EmbeddingNet)", "torch.save(model.state_dict(), path)"]),
+    ("truncated", ["is not a readable torch file", "save it again"]),
+    ("checkpoint", ["is a training checkpoint, not a backbone state_dict"]),
+    ("list", ["holds a list that is not a state_dict"]),
+])
+def test_unusable_weights_file_names_the_file_and_the_fix(tmp_path, content, words) -> None:
+    """A broken model.weights_path is named with its fix; torch's advice (weights_only=False, which
+    would run the file's code) is never passed on."""
+    model = build_model(ModelConfig(backbone="small_cnn", embedding_dim=8))
+    path = tmp_path / "w.pt"
+    if content == "truncated":
+        torch.save(model.backbone.state_dict(), path)
+        path.write_bytes(path.read_bytes()[:200])
+    else:
+        torch.save({"whole model": model, "checkpoint": {"model": model.state_dict(), "epoch": 3},
+                    "list": [torch.zeros(1)]}[content], path)
+    with pytest.raises(WeightsError) as info:
+        build_model(ModelConfig(backbone="small_cnn", weights_path=path))
+    msg = str(info.value)
+    assert msg.startswith(f"model.weights_path: {path}") and "weights_only" not in msg, msg
+    for w in words:
+        assert w in msg, (w, msg)
+
+
 def test_offline_download_error_says_how_to_get_the_weights(monkeypatch) -> None:
     from torchvision.models import ResNet50_Weights
 

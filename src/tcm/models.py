@@ -5,6 +5,8 @@ A plain dict from name to constructor (timm style) instead of a framework.
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -129,7 +131,7 @@ def _load_pretrained(name: str, backbone: nn.Module, cfg: ModelConfig) -> None:
                       else "the weights")
             raise WeightsError(f"model.weights_path: {path} does not exist; download {source} from torchvision "
                                "and save its state_dict there")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_state_dict(path, f"model.weights_path: {path}")
     else:
         if key not in TORCHVISION_WEIGHTS:
             raise WeightsError(f"model.pretrained: no ImageNet weights exist for backbone {name!r}; "
@@ -147,6 +149,28 @@ def _load_pretrained(name: str, backbone: nn.Module, cfg: ModelConfig) -> None:
     if missing or unexpected:
         raise WeightsError(f"weights for {name} do not match the backbone: missing {missing[:5]}, "
                            f"unexpected {unexpected[:5]}")
+
+
+def read_state_dict(path: Path, where: str) -> dict[str, torch.Tensor]:
+    """A backbone's state_dict saved with ``torch.save``; :class:`WeightsError` names ``where`` and the
+    fix. Loaded with ``weights_only=True``: a file holding pickled code is refused, never run, so the
+    message must not suggest ``weights_only=False`` as torch's own does."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f"a pickled Python object ({found.group(1)})" if found else "no readable torch data"
+        raise WeightsError(f"{where} holds {what}, not a state_dict; save one with "
+                           "torch.save(model.state_dict(), path) (tcm never unpickles code)") from None
+    except Exception as e:  # truncated, or not a torch file at all
+        raise WeightsError(f"{where} is not a readable torch file ({_one_line(e)}); save it again") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        raise WeightsError(f"{where} is a training checkpoint, not a backbone state_dict; point it at a backbone "
+                           "(e.g. pretrained/<dataset>/backbone.pt)")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{where} holds a {type(state).__name__} that is not a state_dict (names -> tensors); "
+                           "save one with torch.save(model.state_dict(), path)")
+    return state
 
 
 def _one_line(e: BaseException) -> str:
