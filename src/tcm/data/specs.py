@@ -15,13 +15,14 @@ import re
 import stat
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable, Iterable
 
 import pandas as pd
 from tqdm import tqdm
 
-from tcm.data.manifest import DataError, write_manifest
+# safe_relpath: index paths must stay inside the data set folder (the same rule as every manifest's).
+from tcm.data.manifest import DataError, safe_relpath, write_manifest
 
 BENCHMARK_NAMES = ("cub", "cars196", "sop", "inat2018")
 VERIFY_MODES = ("exists", "full")
@@ -119,12 +120,6 @@ def locate_root(bench: Benchmark, root: Path) -> Path | None:
 
 def not_found(bench: Benchmark, root: Path) -> DataError:
     return DataError(f"{bench.name}: {bench.markers[0]} not found in {root} or its subfolders. {bench.fetch_help}")
-
-
-def safe_relpath(rel: str) -> bool:
-    """Index paths must stay inside the data set folder: relative, no '..' parts."""
-    p = PurePosixPath(rel)
-    return bool(rel) and not p.is_absolute() and ".." not in p.parts and "\\" not in rel
 
 
 def read_lines(path: Path) -> list[tuple[int, str]]:
