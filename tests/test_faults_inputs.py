@@ -29,10 +29,12 @@ def _fails_in_one_line(capsys: pytest.CaptureFixture, argv: list[str], *words: s
     capsys.readouterr()
     assert main([str(a) for a in argv]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("tcm") and "Traceback" not in err, err
+    # A progress bar may precede it (its updates end in carriage returns).
+    lines = [line.strip() for line in re.split(r"[\r\n]+", err) if line.strip().startswith("tcm")]
+    assert len(lines) == 1 and err.endswith("\n") and "Traceback" not in err, err
     for w in words:
-        assert w in err, (w, err)
-    return err.strip()
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
 
 
 @pytest.fixture()
@@ -229,3 +231,120 @@ def test_file_evaluator_and_params_check_need_no_extra(arrays, tmp_path) -> None
 
 def test_errors_are_tcm_errors() -> None:
     assert issubclass(DataError, TcmError)
+
+
+# --- 2. damaged image files: named by `data prepare` (verify: exists) and by the loader -------------------
+
+def _image(path: Path, fmt: str) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (36, 48, 3), dtype=np.uint8)).save(path, format=fmt)
+    return path
+
+
+def _truncate(path: Path, keep: float = 0.6) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.fixture()
+def cub(tmp_path: Path) -> Path:
+    from tcm.data.synthetic import make_tiny
+
+    return make_tiny("cub", tmp_path / "cub", size=(48, 36))
+
+
+def _cub_image(folder: Path, i: int = 0) -> Path:
+    from tcm.data.specs import get_benchmark
+
+    return folder / get_benchmark("cub").parse(folder).path.iloc[i]
+
+
+@pytest.mark.parametrize("fmt,what", [("JPEG", "truncated JPEG file (no end-of-image marker FFD9 at its end)"),
+                                      ("PNG", "truncated PNG file (no IEND chunk at its end)")])
+def test_truncated_image_is_named_by_data_prepare(fmt: str, what: str, cub: Path, tmp_path, capsys,
+                                                  monkeypatch) -> None:
+    import functools
+
+    import tqdm
+
+    import tcm.data.specs
+
+    monkeypatch.setattr(tcm.data.specs, "tqdm", functools.partial(tqdm.tqdm, disable=True))
+    out = tmp_path / "out"
+    args = ["data", "prepare", "cub", "--root", cub, "--out", out, "--allow-nonstandard-counts"]
+    assert main([str(a) for a in args]) == 0  # intact: passes, and this manifest must survive
+    before = (out / "manifest.csv").read_bytes()
+    victim = _cub_image(cub, 2)
+    if fmt == "PNG":  # a PNG under the index's .jpg name: the format is PIL's, not the name's
+        _image(victim, "PNG")
+    _truncate(victim)
+    _fails_in_one_line(capsys, args, f"{victim}: {what}", "1 problem", "download or extract the data set again",
+                       "tcm data prepare")
+    assert (out / "manifest.csv").read_bytes() == before
+
+
+def test_garbage_in_place_of_an_image_is_named(cub: Path, tmp_path) -> None:
+    from tcm.data.specs import prepare_benchmark
+
+    victim = _cub_image(cub)
+    victim.write_bytes(b"<html>404 Not Found</html>\n")
+    with pytest.raises(DataError, match=re.escape(f"{victim}: not an image (unknown format or damaged header)")):
+        prepare_benchmark("cub", cub, tmp_path / "out", allow_nonstandard_counts=True)
+
+
+def test_zero_padding_after_the_end_marker_passes(cub: Path, tmp_path) -> None:
+    from tcm.data.specs import prepare_benchmark
+
+    victim = _cub_image(cub)
+    victim.write_bytes(victim.read_bytes() + b"\0" * 100)
+    assert prepare_benchmark("cub", cub, tmp_path / "out", allow_nonstandard_counts=True).is_file()
+
+
+def _loader_manifest(tmp_path: Path, fmt: str) -> tuple[Path, Path]:
+    """A manifest of three real images per split, the second train image truncated after writing."""
+    suffix = {"JPEG": "jpg", "PNG": "png"}[fmt]
+    rows = [(f"{split}/{i}.{suffix}", i + (3 if split == "test" else 0), split) for split in ("train", "test")
+            for i in range(3)]
+    for rel, _, _ in rows:
+        _image(tmp_path / "data" / rel, fmt)
+    victim = tmp_path / "data" / rows[1][0]
+    _truncate(victim)
+    _manifest(tmp_path / "data", rows)
+    return tmp_path / "data", victim
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize("decode", ["workers", "device"])
+@pytest.mark.parametrize("workers", [0, 1])
+def test_loader_names_the_file_that_fails_to_decode(fmt: str, decode: str, workers: int, tmp_path) -> None:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from tcm.config import DatasetConfig
+    from tcm.data.batches import input_pipeline
+
+    folder, victim = _loader_manifest(tmp_path, fmt)
+    cfg = DatasetConfig(source="cub", root=Path("/nonexistent"), image_size=32, resize=36)
+    pipeline = input_pipeline(read_manifest(folder), "train", cfg, decode, torch.device("cpu"), train=False)
+    loader = DataLoader(pipeline.dataset, batch_size=3, num_workers=workers, collate_fn=pipeline.collate_fn)
+    with pytest.raises(DataError) as e:
+        for x, _ in loader:  # a worker's error reaches here re-built from its traceback text
+            pipeline.to_model(x, torch.device("cpu"))
+    message = str(e.value)
+    assert "\n" not in message and "Traceback" not in message, message
+    assert message.startswith(f"{victim}: cannot decode image") and "tcm data prepare" in message
+
+
+def test_training_on_a_truncated_image_is_one_line(tmp_path, capsys) -> None:
+    params = write_params(tmp_path / "params.yaml", tiny_params(runs=("digits-ms",)))
+    assert main(["data", "prepare", "digits", "--params", str(params)]) == 0
+    table = pd.read_csv(tmp_path / "data/digits/manifest.csv")
+    train = [tmp_path / "data/digits" / p for p in table.path[table.split == "train"]]
+    for path in train:  # all of them, as a copy cut short would: the sampler draws only some images
+        _truncate(path)
+    line = _fails_in_one_line(capsys, ["train", "digits-ms", "--params", params], "cannot decode image",
+                              "tcm data prepare")
+    assert any(line.startswith(f"tcm: error: {p}: ") for p in train), line

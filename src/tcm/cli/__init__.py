@@ -208,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-nonstandard-counts", action="store_true",
                    help="accept split sizes other than the standard ones (subsets, tiny copies)")
     p.add_argument("--verify", choices=("exists", "full"), default=None,
-                   help="exists: every listed file is there, a regular file and non-empty (default); full: also "
-                   "decode every image")
+                   help="exists: every listed file is there, a regular, non-empty image file and not cut short "
+                   "(default); full: also decode every image")
     p.add_argument("--download", action="store_true",
                    help="download into --root where a stable public address exists (CUB-200-2011)")
     p.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: all cores)")
