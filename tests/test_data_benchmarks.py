@@ -144,8 +144,10 @@ def test_truncated_jpeg_caught_by_full_verify(name: str, tmp_path: Path) -> None
     victim = first_image(folder, name)
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) // 2])
-    # 'exists' only looks at presence and size: the truncated file passes.
-    prepare_benchmark(name, folder, tmp_path / "ok", allow_nonstandard_counts=True, verify="exists")
+    # 'exists' reads the header and the last bytes: the missing end marker gives the truncation away.
+    with pytest.raises(DataError, match=r"1 problem: .*truncated JPEG file \(no end-of-image marker FFD9") as err:
+        prepare_benchmark(name, folder, tmp_path / "ok", allow_nonstandard_counts=True, verify="exists")
+    assert str(victim) in str(err.value)
     with pytest.raises(DataError, match=r"1 problem: .*cannot decode") as err:
         prepare_benchmark(name, folder, tmp_path / "out", allow_nonstandard_counts=True, verify="full", workers=2)
     assert str(victim) in str(err.value)

@@ -24,9 +24,14 @@ import sys
 from pathlib import Path
 
 from tcm.config import ConfigError, check_batches, load_config
-from tcm.errors import TcmError
+from tcm.errors import TcmError, missing_package_message
 
 USER_ERRORS: tuple[type[Exception], ...] = (TcmError, FileNotFoundError)
+# Per command, the arguments naming a file it writes. A folder there is refused before any work: the
+# write comes last and would fail as a traceback after the work was done. (`tcm evaluate` checks its
+# own --out and --curves: tcm.cli.evaluate_files.check_outputs.)
+OUTPUT_FILES: dict[str, dict[str, str]] = {"check-params": {"stamp": "--stamp"}, "profile": {"out": "--out"},
+                                           "notebook": {"output": "OUTPUT"}}
 
 
 def _params_arg(p: argparse.ArgumentParser) -> None:
@@ -203,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-nonstandard-counts", action="store_true",
                    help="accept split sizes other than the standard ones (subsets, tiny copies)")
     p.add_argument("--verify", choices=("exists", "full"), default=None,
-                   help="exists: every listed file is there, a regular file and non-empty (default); full: also "
-                   "decode every image")
+                   help="exists: every listed file is there, a regular, non-empty image file and not cut short "
+                   "(default); full: also decode every image")
     p.add_argument("--download", action="store_true",
                    help="download into --root where a stable public address exists (CUB-200-2011)")
     p.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: all cores)")
@@ -264,12 +269,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _refuse_folder_outputs(args: argparse.Namespace) -> None:
+    from tcm.cli.evaluate_files import InputError
+
+    for dest, flag in OUTPUT_FILES.get(args.command, {}).items():
+        value = getattr(args, dest, None)
+        if value is not None and Path(value).is_dir():
+            raise InputError(f"{args.command}: {flag} {value}: is a folder; name a file to write")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _refuse_folder_outputs(args)
         return args.func(args)
     except USER_ERRORS as e:
         print(f"tcm: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        # An optional package (an extra of pyproject.toml) that this command imports lazily: one line
+        # naming it and the extra to install. Any other missing module is a broken install: traceback.
+        message = missing_package_message(e)
+        if message is None:
+            raise
+        print(f"tcm: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tcm: interrupted; completed epochs are kept in the checkpoint", file=sys.stderr)

@@ -14,6 +14,7 @@ Bad input prints one line naming the problem and exits 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +25,10 @@ from tcm.config import EvaluationConfig, OpisConfig
 from tcm.errors import TcmError
 
 _DEFAULT = EvaluationConfig()
+# --n-thresholds: the OPIS curves hold one point per threshold and class, so memory and the curves CSV grow
+# with it; 101 (the default) already resolves the calibration range, and beyond a million the run only
+# exhausts memory.
+MAX_THRESHOLDS = 10**6
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -82,6 +87,30 @@ def load_array(path: str, what: str) -> np.ndarray:
         raise InputError(f"{what} file {path}: cannot read as .npy ({reason})") from None
 
 
+def _same_file(a: str, b: str) -> bool:
+    """Whether two spellings name one file: relative or absolute, ``./``, symbolic or hard links."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): then they are not the same existing file
+        return False
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before any work, outputs that would clobber each other or an input, or that are folders."""
+    outputs = [("--out", args.out), ("--curves", args.curves)]
+    for flag, path in outputs:
+        if path is not None and Path(path).is_dir():
+            raise InputError(f"{flag} {path}: is a folder; name a file to write")
+        for what, source in (("EMBEDDINGS", args.embeddings), ("LABELS", args.labels)):
+            if path is not None and source is not None and _same_file(path, source):
+                raise InputError(f"{flag} {path}: is the {what} file; name another file to write")
+    if args.out is not None and args.curves is not None and _same_file(args.out, args.curves):
+        raise InputError(f"--out {args.out} and --curves {args.curves} name the same file; give the curves "
+                         "another name (e.g. curves.csv)")
+
+
 def settings_from_args(args: argparse.Namespace) -> dict:
     """The metric settings in ``args``, checked against params.yaml's schema (``EvaluationConfig``), as the
     keyword arguments of ``evaluate_embeddings`` (the same names)."""
@@ -91,6 +120,9 @@ def settings_from_args(args: argparse.Namespace) -> dict:
             worst_share=args.worst_share, bootstrap={"resamples": args.bootstrap, "seed": args.bootstrap_seed},
             opis=OpisConfig(beta=args.beta, far_range=tuple(args.far_range), n_thresholds=args.n_thresholds,
                             eps=args.eps, class_weighting=args.class_weighting, resolution=args.resolution))
+        if args.n_thresholds > MAX_THRESHOLDS:
+            raise InputError(f"--n-thresholds: {args.n_thresholds:,} is too many (at most {MAX_THRESHOLDS:,}; "
+                             f"the default {_DEFAULT.opis.n_thresholds} resolves the curves)")
     except ValidationError as e:
         err = e.errors()[0]
         flags = {"recall_k": "k", "opis": str(err["loc"][-1]) if err["loc"] else "option",
@@ -115,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("give both EMBEDDINGS and LABELS (.npy files)")
         if not args.out:
             raise InputError("--out JSON is required with EMBEDDINGS LABELS")
+        check_outputs(args)
         settings = settings_from_args(args)
         emb = load_array(args.embeddings, "EMBEDDINGS")
         lab = load_array(args.labels, "LABELS")

@@ -27,7 +27,7 @@ import torch
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from tcm.config import EMBEDDED_SOURCES, DatasetConfig
-from tcm.data.dataset import ManifestDataset
+from tcm.data.dataset import ManifestDataset, decode_failure
 from tcm.data.manifest import Manifest
 from tcm.data.transforms import normalize, test_geometry, test_transform, train_geometry, train_transform
 
@@ -41,15 +41,27 @@ Decode = Literal["workers", "device"]
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 
+class EncodedFile(bytes):
+    """A file's bytes that remember its path (``.path``), so that a file that fails to decode is named."""
+
+    path: str = ""
+
+
 class EncodedDataset(ManifestDataset):
     """A split whose items are the files' raw bytes and labels."""
 
     def __getitem__(self, i: int) -> tuple[bytes, int]:
-        return self.paths[i].read_bytes(), int(self.labels[i])
+        try:
+            data = EncodedFile(self.paths[i].read_bytes())
+        except OSError as e:
+            raise decode_failure(self.paths[i], e) from None
+        data.path = str(self.paths[i])
+        return data, int(self.labels[i])
 
 
-def collate_encoded(items: list[tuple[bytes, int]]) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """A batch of files -> ((all bytes in one uint8 tensor, each file's length), labels).
+def collate_encoded(items: list[tuple[bytes, int]]) -> tuple[tuple[torch.Tensor, torch.Tensor, tuple[str, ...]],
+                                                             torch.Tensor]:
+    """A batch of files -> ((all bytes in one uint8 tensor, each file's length, each file's path), labels).
 
     One tensor rather than one per file: a worker hands each tensor over in its own shared-memory
     segment, and the tensors torchvision's ``read_file`` returns cannot be shared at all (their
@@ -58,7 +70,8 @@ def collate_encoded(items: list[tuple[bytes, int]]) -> tuple[tuple[torch.Tensor,
     buf = torch.empty(len(data), dtype=torch.uint8)
     buf.numpy()[:] = data
     lengths = torch.tensor([len(b) for b, _ in items], dtype=torch.int64)
-    return (buf, lengths), torch.tensor([y for _, y in items], dtype=torch.int64)
+    paths = tuple(getattr(b, "path", "") for b, _ in items)
+    return (buf, lengths, paths), torch.tensor([y for _, y in items], dtype=torch.int64)
 
 
 def _is_jpeg(data: torch.Tensor) -> bool:
@@ -77,7 +90,14 @@ class BatchDecoder:
         self.device = device
         self._warned = False
 
-    def _decode(self, encoded: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _on_cpu(self, decode: Callable, data: torch.Tensor, path: str) -> torch.Tensor:
+        """One file decoded on the CPU, then moved; a file that fails is named (when the batch has paths)."""
+        try:
+            return decode(data, mode=ImageReadMode.RGB).to(self.device)
+        except RuntimeError as e:
+            raise decode_failure(path or "a file of this batch (no path known)", e) from None
+
+    def _decode(self, encoded: list[torch.Tensor], paths: tuple[str, ...]) -> list[torch.Tensor]:
         jpeg = [i for i, b in enumerate(encoded) if _is_jpeg(b)]
         out: list[torch.Tensor | None] = [None] * len(encoded)
         if jpeg:
@@ -85,24 +105,25 @@ class BatchDecoder:
                 images = decode_jpeg([encoded[i] for i in jpeg], mode=ImageReadMode.RGB, device=self.device)
             except RuntimeError as e:
                 # nvJPEG refuses a few encodings (e.g. some CMYK or lossless files): those batches
-                # are decoded on the CPU instead.
-                if not self._warned:
+                # are decoded on the CPU instead (a damaged file fails there too, named).
+                images = [self._on_cpu(decode_jpeg, encoded[i], paths[i]) for i in jpeg]
+                if not self._warned:  # only once the batch decoded: a damaged file's error is the one line
                     print(f"tcm: decoding on {self.device} failed ({str(e).splitlines()[0]}); "
                           "decoding such batches on the CPU", file=sys.stderr)
                     self._warned = True
-                images = [decode_jpeg(encoded[i], mode=ImageReadMode.RGB).to(self.device) for i in jpeg]
             for i, img in zip(jpeg, images):
                 out[i] = img
         for i, b in enumerate(encoded):
             if out[i] is None:
-                out[i] = decode_image(b, mode=ImageReadMode.RGB).to(self.device)
+                out[i] = self._on_cpu(decode_image, b, paths[i])
         return out  # type: ignore[return-value]
 
-    def __call__(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """``batch``: (bytes, lengths) as :func:`collate_encoded` makes it."""
-        buf, lengths = batch
+    def __call__(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """``batch``: (bytes, lengths[, paths]) as :func:`collate_encoded` makes it."""
+        buf, lengths, *rest = batch
         files = list(torch.split(buf, lengths.tolist()))
-        return torch.stack([self.geometry(img) for img in self._decode(files)])
+        paths = tuple(rest[0]) if rest else ("",) * len(files)
+        return torch.stack([self.geometry(img) for img in self._decode(files, paths)])
 
 
 @dataclass(frozen=True)

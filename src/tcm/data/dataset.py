@@ -10,7 +10,29 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from tcm.data.manifest import Manifest
+from tcm.data.manifest import DataError, Manifest
+
+
+class ImageDecodeError(DataError):
+    """An image file of a manifest cannot be read or decoded; the message names it and the fix.
+
+    Raised in a DataLoader worker, it reaches the main process re-built by torch from the worker's
+    formatted traceback (``type(exc)(text)``, text ending in ``module.Class: message``); only that last
+    line's message is kept, so that the command line still prints one line."""
+
+    def __init__(self, message: str) -> None:
+        if "\n" in message:
+            last = message.rstrip().splitlines()[-1]
+            message = last.split(": ", 1)[1] if last.startswith(f"{__name__}.") and ": " in last else last
+        super().__init__(message)
+
+
+def decode_failure(path: Path | str, error: Exception) -> ImageDecodeError:
+    """The one-line error for an image ``path`` that failed with ``error``."""
+    reason = " ".join(str(error).split()) or type(error).__name__
+    return ImageDecodeError(f"{path}: cannot decode image ({type(error).__name__}: {reason}); replace the file "
+                            "(download or extract the data set again) and run `tcm data prepare` again "
+                            "(`--verify full` decodes every image)")
 
 
 class ManifestDataset(Dataset):
@@ -30,8 +52,11 @@ class ManifestDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         img = self._cache.get(i) if self._cache is not None else None
         if img is None:
-            with Image.open(self.paths[i]) as f:
-                img = f.convert("RGB")
+            try:
+                with Image.open(self.paths[i]) as f:
+                    img = f.convert("RGB")
+            except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for unreadable and truncated files
+                raise decode_failure(self.paths[i], e) from None
             if self._cache is not None:
                 self._cache[i] = img
         return (self.transform(img) if self.transform else img), int(self.labels[i])

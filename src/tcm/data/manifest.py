@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
@@ -18,6 +18,8 @@ SPLITS = ("train", "test")
 # A third split of classes disjoint from both, for the upstream pretraining stage (generated data sets).
 PRETRAIN = "pretrain"
 ALL_SPLITS = (PRETRAIN, *SPLITS)
+# How many offending rows a message spells out; the count always covers all of them.
+SHOWN_ROWS = 3
 
 
 class DataError(TcmError, ValueError):
@@ -35,17 +37,42 @@ class Manifest:
         return self.table[self.table["split"] == split].reset_index(drop=True)
 
 
-def check_table(table: pd.DataFrame, where: str, closed_set: bool = False) -> None:
-    """Known columns and splits, integer labels, and (open world, unless ``closed_set``) no class in
-    both splits."""
+def safe_relpath(rel: str) -> bool:
+    """Paths must stay inside the data set folder: relative, no '..' parts."""
+    if not isinstance(rel, str):  # an empty CSV cell reads as NaN
+        return False
+    p = PurePosixPath(rel)
+    return bool(rel) and not p.is_absolute() and ".." not in p.parts and "\\" not in rel
+
+
+def check_table(table: pd.DataFrame, where: str, closed_set: bool = False, dataset: str | None = None) -> None:
+    """Known columns and splits, paths inside the image root, integer labels, a non-empty train and test
+    split, and (open world, unless ``closed_set``) no class in both splits. ``dataset``: its name, for the
+    messages."""
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
         raise DataError(f"{where}: missing columns {missing}; expected {list(COLUMNS)}")
+    # Checked wherever a manifest is read, not only by `data prepare`: a hand-edited or foreign manifest
+    # must not make training read (or preprocessing write) outside the data set folder.
+    bad = [(i, p) for i, p in enumerate(table["path"]) if not safe_relpath(p)]
+    if bad:
+        shown = "; ".join(f"row {i + 1} (line {i + 2}): {p!r}" for i, p in bad[:SHOWN_ROWS])
+        more = f"; ... and {len(bad) - SHOWN_ROWS} more" if len(bad) > SHOWN_ROWS else ""
+        escape = "paths escape" if len(bad) != 1 else "path escapes"
+        raise DataError(f"{where}: {len(bad)} {escape} the data set folder (absolute, '..' or empty): {shown}{more}; "
+                        "paths must be relative to the image root")
     bad_split = sorted(set(table["split"]) - set(ALL_SPLITS))
     if bad_split:
         raise DataError(f"{where}: unknown split values {bad_split}; expected {list(ALL_SPLITS)}")
     if not pd.api.types.is_integer_dtype(table["label"]):
         raise DataError(f"{where}: column 'label' must hold integers, but has dtype {table['label'].dtype}")
+    # Said here, by split: an empty split would otherwise surface at training as too large a batch_size,
+    # or at evaluation as too large a recall_k.
+    empty = [s for s in SPLITS if not (table["split"] == s).any()]
+    if empty:
+        of = f" of data set {dataset!r}" if dataset else ""
+        splits = f"{empty[0]} split{of} is" if len(empty) == 1 else f"{' and '.join(empty)} splits{of} are"
+        raise DataError(f"{where}: the {splits} empty (no images)")
     overlap = set(table.loc[table.split == "train", "label"]) & set(table.loc[table.split == "test", "label"])
     if overlap and not closed_set:
         raise DataError(f"{where}: {len(overlap)} labels are in both train and test (e.g. {sorted(overlap)[:5]}); "
@@ -95,7 +122,7 @@ def read_manifest(data_dir: Path | str) -> Manifest:
         raise DataError(f"{path}: no rows (header only); {rebuild}")
     try:
         info = json.loads(info_path.read_text())
-        check_table(table, str(path), bool(info.get("closed_set", False)))
+        check_table(table, str(path), bool(info.get("closed_set", False)), dataset=data_dir.name)
         image_root = Path(info["image_root"])
     except DataError as e:
         raise DataError(f"{e}; {rebuild}") from None

@@ -15,13 +15,15 @@ import re
 import stat
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from functools import partial
+from pathlib import Path
 from typing import Callable, Iterable
 
 import pandas as pd
 from tqdm import tqdm
 
-from tcm.data.manifest import DataError, write_manifest
+# safe_relpath: index paths must stay inside the data set folder (the same rule as every manifest's).
+from tcm.data.manifest import DataError, safe_relpath, write_manifest
 
 BENCHMARK_NAMES = ("cub", "cars196", "sop", "inat2018")
 VERIFY_MODES = ("exists", "full")
@@ -40,6 +42,7 @@ class Problems:
     def __init__(self, what: str) -> None:
         self.what = what
         self.items: list[str] = []
+        self.fix = ""  # what to do, after the problems listed
 
     def add(self, message: str) -> None:
         self.items.append(message)
@@ -56,6 +59,7 @@ class Problems:
             return
         shown = "; ".join(self.items[:SHOWN_PROBLEMS])
         more = f"; ... and {n - SHOWN_PROBLEMS} more" if n > SHOWN_PROBLEMS else ""
+        more += f". Fix: {self.fix}" if self.fix else ""
         # One line: the CLI prints the message as is, and a multi-line wall of paths helps nobody.
         raise DataError(f"{self.what}: {n} problem{'s' if n != 1 else ''}: {shown}{more}".replace("\n", " "))
 
@@ -121,12 +125,6 @@ def not_found(bench: Benchmark, root: Path) -> DataError:
     return DataError(f"{bench.name}: {bench.markers[0]} not found in {root} or its subfolders. {bench.fetch_help}")
 
 
-def safe_relpath(rel: str) -> bool:
-    """Index paths must stay inside the data set folder: relative, no '..' parts."""
-    p = PurePosixPath(rel)
-    return bool(rel) and not p.is_absolute() and ".." not in p.parts and "\\" not in rel
-
-
 def read_lines(path: Path) -> list[tuple[int, str]]:
     """Non-blank lines with their 1-based line numbers; a missing or unreadable index file is a DataError."""
     try:
@@ -147,7 +145,42 @@ def label_problem(value: int, what: str = "class id") -> str | None:
 
 # --- verification -----------------------------------------------------------------------------
 
-def _stat_chunk(paths: list[str]) -> list[tuple[str, str]]:
+# What a complete file of these formats (PIL's names) ends with: JPEG's end-of-image marker, PNG's IEND
+# chunk (type and CRC). A file cut short (an interrupted copy or extraction) lacks it; PIL's header parse
+# alone cannot tell, and the full decode of `verify: full` costs a decode of every image.
+END_MARKERS = {"JPEG": b"\xff\xd9", "MPO": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+# Bytes read from a file's end: enough to skip the zero padding some copies append.
+TAIL_BYTES = 1024
+# Ends a message about missing or damaged image files; the note where a file was found cut short.
+FILES_FIX = ("replace the missing or damaged files (download or extract the data set again), then run "
+             "`tcm data prepare` again")
+TRUNCATED_NOTE = "a JPEG with data after its end marker passes `--verify full`, which decodes it instead"
+
+
+def image_problem(path: str, size: int) -> str | None:
+    """Why the image file ``path`` (``size`` bytes) is damaged, from its header and its last bytes only
+    (no decode), or None when it looks complete."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as f:
+            with Image.open(f) as img:  # reads the header only
+                fmt = img.format
+            f.seek(max(0, size - TAIL_BYTES))
+            tail = f.read().rstrip(b"\0")
+    except UnidentifiedImageError:
+        return "not an image (unknown format or damaged header)"
+    except Exception as e:  # noqa: BLE001 - whatever PIL raises on a broken header is a problem with this file
+        return f"cannot read the image header ({type(e).__name__}: {e})"
+    end = END_MARKERS.get(fmt or "")
+    if end is not None and not tail.endswith(end):
+        marker = "end-of-image marker FFD9" if end.startswith(b"\xff") else "IEND chunk"
+        return f"truncated {fmt} file (no {marker} at its end)"
+    return None
+
+
+def _stat_chunk(paths: list[str], images: bool = False) -> list[tuple[str, str]]:
+    """``images``: also :func:`image_problem` for each regular, non-empty file."""
     bad = []
     for p in paths:
         try:
@@ -165,6 +198,8 @@ def _stat_chunk(paths: list[str]) -> list[tuple[str, str]]:
             bad.append((p, "not a regular file"))
         elif st.st_size == 0:
             bad.append((p, "empty file (0 bytes)"))
+        elif images and (why := image_problem(p, st.st_size)) is not None:
+            bad.append((p, why))
     return bad
 
 
@@ -203,10 +238,13 @@ def _run_chunks(fn: Callable[[list[str]], list[tuple[str, str]]], paths: list[st
     return sorted(problems)
 
 
-def check_files(paths: list[str], desc: str = "check files", workers: int | None = None) -> list[tuple[str, str]]:
-    """Every file exists, is a regular file (a folder is not an image) and is non-empty. Threads: stat is I/O
-    bound (and slow on network file systems)."""
-    return _run_chunks(_stat_chunk, paths, desc, processes=False, workers=workers or 16, chunk=2048)
+def check_files(paths: list[str], desc: str = "check files", workers: int | None = None,
+                images: bool = False) -> list[tuple[str, str]]:
+    """Every file exists, is a regular file (a folder is not an image) and is non-empty; with ``images``, its
+    image header reads and a JPEG or PNG is not cut short (:func:`image_problem`). Threads: stat is I/O bound
+    (and slow on network file systems)."""
+    fn = partial(_stat_chunk, images=images)
+    return _run_chunks(fn, paths, desc, processes=False, workers=workers or 16, chunk=2048)
 
 
 def decode_files(paths: list[str], desc: str = "decode images", workers: int | None = None) -> list[tuple[str, str]]:
@@ -271,7 +309,8 @@ def build_table(bench: Benchmark, root: Path | str | None, *, allow_nonstandard_
     check_table_paths(table, problems)
     problems.raise_if_any()  # bad paths are not safe to stat
     paths = [str(folder / p) for p in table.path]
-    bad_files = check_files(paths, desc=f"check {bench.name} files", workers=workers)
+    # verify: full decodes every image anyway (and so accepts data after a JPEG's end marker).
+    bad_files = check_files(paths, desc=f"check {bench.name} files", workers=workers, images=verify == "exists")
     problems.extend(f"{p}: {why}" for p, why in bad_files)
     if not allow_nonstandard_counts:
         problems.extend(check_counts(table, bench.counts))
@@ -281,6 +320,11 @@ def build_table(bench: Benchmark, root: Path | str | None, *, allow_nonstandard_
         bad_images = decode_files([p for p in paths if p not in skip], desc=f"decode {bench.name} images",
                                   workers=workers)
         problems.extend(f"{p}: {why}" for p, why in bad_images)
+    else:
+        bad_images = []
+    if bad_files or bad_images:
+        truncated = any(why.startswith("truncated") for _, why in bad_files)
+        problems.fix = f"{FILES_FIX}; {TRUNCATED_NOTE}" if truncated else FILES_FIX
     problems.raise_if_any()
     return folder, table
 
