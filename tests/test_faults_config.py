@@ -5,11 +5,13 @@ exit 2, no traceback, nothing written. (Other faults: tests/test_faults.py.)"""
 from __future__ import annotations
 
 import inspect
+import shutil
 import typing
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO, tiny_params, write_params
 from pydantic import TypeAdapter, ValidationError
 
@@ -160,6 +162,12 @@ def test_counts_have_upper_bounds(tmp_path, capsys, key, value) -> None:
                        str(value[0] if isinstance(value, list) else value))
 
 
+@pytest.mark.parametrize("name", sorted(p.stem for p in PROFILES.glob("*.yaml")))
+def test_every_profile_passes_check_params(capsys, name: str) -> None:
+    """The bounds refuse no real profile; a matrix profile is checked as it renders."""
+    assert main(["check-params", "--params", str(PROFILES / f"{name}.yaml")]) == 0, capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- MLflow
 
 
@@ -199,3 +207,84 @@ def test_output_paths_inside_the_project_or_linked_from_it_are_accepted(tmp_path
     path = _project(tmp_path, p)
     (path.parent / "linked").symlink_to(elsewhere)  # a link inside the project may point anywhere
     assert main(["check-params", "--params", str(path)]) == 0, capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- profiles and configs/recipes.yaml
+
+
+def _profile_copy(tmp_path: Path, edit) -> tuple[Path, Path]:
+    """profiles/paper.yaml and configs/recipes.yaml in a temporary project, the recipes edited by
+    ``edit(recipes) -> recipes``; returns (profiles folder, params.yaml to write)."""
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "configs").mkdir()
+    shutil.copy2(PROFILES / "paper.yaml", tmp_path / "profiles/paper.yaml")
+    recipes = edit(yaml.safe_load((REPO / "configs/recipes.yaml").read_text()))
+    (tmp_path / "configs/recipes.yaml").write_text(yaml.safe_dump(recipes, sort_keys=False))
+    out = tmp_path / "params.yaml"
+    out.write_text("keep me\n")
+    return tmp_path / "profiles", out
+
+
+def _rename(old: str, new: str):
+    def edit(recipes: dict) -> dict:
+        recipes["runs"] = {(new if k == old else k): v for k, v in recipes["runs"].items()}
+        return recipes
+    return edit
+
+
+def _profile_fails(capsys, profiles: Path, out: Path, *words: str) -> str:
+    line = _fails_in_one_line(capsys, ["profile", "paper", "--profiles", str(profiles), "--out", str(out)], *words)
+    assert out.read_text() == "keep me\n"  # params.yaml untouched
+    # check-params on the profile says the same
+    assert _fails_in_one_line(capsys, ["check-params", "--params", str(profiles / "paper.yaml")], *words) == line
+    return line
+
+
+@pytest.mark.parametrize(("typo", "what"), [("cub/resnet50/smoth_ap", "no loss 'smoth_ap'"),
+                                            ("cub/resnet5/smooth_ap", "no backbone 'resnet5'"),
+                                            ("cub-resnet50-smooth_ap", "is not")])
+def test_a_typo_in_a_recipe_key_names_the_file_the_key_and_the_closest_run(tmp_path, capsys, typo, what) -> None:
+    profiles, out = _profile_copy(tmp_path, _rename("cub/resnet50/smooth_ap", typo))
+    _profile_fails(capsys, profiles, out, "configs/recipes.yaml", f"runs.{typo}", what,
+                   "closest run: cub-resnet50-smooth_ap")
+
+
+def test_a_run_without_its_recipe_names_the_file_the_run_and_the_closest_key(tmp_path, capsys) -> None:
+    profiles, out = _profile_copy(tmp_path, _rename("cub/vit_b_16/rs_at_k", "cbu/vit_b_16/rs_at_k"))
+    _profile_fails(capsys, profiles, out, "configs/recipes.yaml", "runs.cub/vit_b_16/rs_at_k",
+                   "no recipe for run cub-vit_b_16-rs_at_k", "closest recipe key: cbu/vit_b_16/rs_at_k")
+
+    def drop(recipes: dict) -> dict:
+        del recipes["runs"]["sop/resnet50/smooth_ap"]
+        return recipes
+
+    shutil.rmtree(tmp_path / "profiles")
+    shutil.rmtree(tmp_path / "configs")
+    profiles, out = _profile_copy(tmp_path, drop)
+    _profile_fails(capsys, profiles, out, "configs/recipes.yaml", "no recipe for run sop-resnet50-smooth_ap")
+
+
+@pytest.mark.parametrize(("edit", "words"), [
+    (lambda r: r["runs"]["cub/resnet50/rs_at_k"]["train"].update(lr="fast"),
+     ["runs.cub/resnet50/rs_at_k.train.lr", "'fast'"]),
+    (lambda r: r["runs"]["cub/resnet50/smooth_ap"]["loss"]["params"].update(temperature="hot"),
+     ["runs.cub/resnet50/smooth_ap.loss.params.temperature", "'hot'"]),
+    (lambda r: r["runs"]["sop/vit_b_16/rs_at_k"]["train"].update(chunk_size=10**9),
+     ["runs.sop/vit_b_16/rs_at_k.train.chunk_size", "1000000000"]),
+    (lambda r: r["runs"]["cub/vit_b_16/smooth_ap"]["model"].update(embeding_dim=64),
+     ["runs.cub/vit_b_16/smooth_ap.model.embeding_dim", "unknown key", "embedding_dim"]),
+    (lambda r: r["run_defaults"]["train"].update(m_per_class="four"), ["run_defaults.train.m_per_class", "'four'"]),
+])
+def test_a_bad_value_in_a_recipe_names_the_recipes_file_and_key(tmp_path, capsys, edit, words) -> None:
+    def change(recipes: dict) -> dict:
+        edit(recipes)
+        return recipes
+
+    profiles, out = _profile_copy(tmp_path, change)
+    line = _profile_fails(capsys, profiles, out, "configs/recipes.yaml", *words)
+    assert "paper.yaml" not in line  # the profile is not at fault
+
+
+def test_a_malformed_recipes_file_is_named(tmp_path, capsys) -> None:
+    profiles, out = _profile_copy(tmp_path, lambda r: {**r, "run": {}})
+    _profile_fails(capsys, profiles, out, "configs/recipes.yaml", "'run'", "run_defaults and runs")
