@@ -35,7 +35,11 @@ def params_for(tmp: Path, data: Path, *, epochs: int = 2, mlflow: bool = False, 
     """One run, `r`: the default digits run (small CNN, multi-similarity) made small."""
     p = tiny_params(runs=("digits-ms",), epochs=epochs, mlflow=mlflow)
     p["runs"] = {"r": p["runs"]["digits-ms"]}
-    p["paths"] = {"data": str(data.parent), "runs": str(tmp / "runs"), "reports": str(tmp / "reports")}
+    # paths must lie inside the project (tmp): a link there to the shared prepared data (not prepared again)
+    if not (tmp / "data").exists():
+        tmp.mkdir(parents=True, exist_ok=True)
+        (tmp / "data").symlink_to(data.parent, target_is_directory=True)
+    p["paths"] = {"data": str(tmp / "data"), "runs": str(tmp / "runs"), "reports": str(tmp / "reports")}
     p["mlflow"]["tracking_uri"] = f"sqlite:///{tmp / 'mlflow.db'}"
     p["mlflow"]["artifact_location"] = str(tmp / "mlartifacts")
     p["run_defaults"]["train"].update(train_overrides)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,9 +23,11 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeFloat,
+    PlainValidator,
     PositiveFloat,
     Strict,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -36,23 +40,65 @@ DATASET_SOURCES = ("glyphs", "sklearn_digits", "mnist", "cub", "cars196", "sop",
 # Sources whose images the package writes itself (no download): the data stage regenerates them.
 EMBEDDED_SOURCES = ("glyphs", "sklearn_digits", "mnist")
 BACKBONES = ("small_cnn", "resnet50", "vit_b_16", "vit_tiny")  # vit_tiny: 32 px, for smoke runs
-# Base losses by params name, with the keyword arguments each accepts from params (constructor
-# arguments minus those the code sets; the classes are in tcm.losses.registry). Written out rather
-# than read from the classes so that validating params.yaml does not import torch (seconds per
-# pipeline stage); tests/test_config.py checks it against the signatures.
-LOSS_PARAMS: dict[str, tuple[str, ...]] = {
-    "multi_similarity": ("alpha", "base", "beta"),
-    "proxy_anchor": ("alpha", "margin"),
-    "smooth_ap": ("include_query", "temperature"),
-    "rs_at_k": ("include_query", "k_temperatures", "k_values", "temperature"),
-    "contrastive": ("neg_margin", "pos_margin"),
-    "triplet": ("margin", "smooth_loss", "swap", "triplets_per_anchor"),
-}
-
-
 # Counts are whole numbers as written: `epochs: 1e20` (a YAML float) is refused rather than truncated.
 PositiveInt = Annotated[int, Strict(), Field(gt=0)]
 NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
+
+
+def _count(upper: int, lower: int = 1) -> Any:
+    """A whole number in [lower, upper]. Upper bounds sit where a larger value would exhaust memory or
+    time before the first result (a 10^12-image epoch dies in a MemoryError, 10^9 thresholds or bootstrap
+    resamples run for days), at least 10x above any profile or recipe (profiles/, configs/recipes.yaml:
+    the largest batch is 4000, evaluation batch 500, 300 resamples, 101 thresholds)."""
+    return Annotated[int, Strict(), Field(ge=lower, le=upper)]
+
+
+MAX_BATCH = 100_000  # images per batch or forward pass (recipes: 4000)
+MAX_WORKERS = 512  # loader or worker processes (profiles: 8)
+MAX_PIXELS = 4096  # image side in pixels (profiles: 256)
+# numpy's seed (np.random.seed, tcm.train.seed_everything) must be below 2**32.
+Seed = _count(2**32 - 1, lower=0)
+
+# Loss parameters: a number is an int or float (not a boolean, not a string such as "two").
+_Number = Annotated[float, Strict()]
+_PositiveNumber = Annotated[float, Strict(), Field(gt=0)]
+_Flag = Annotated[bool, Strict()]
+
+
+def _all_or_positive_int(v: Any) -> Any:
+    # pml's TripletMarginLoss: triplets_per_anchor = "all" or a count. One message (a union would give two).
+    if v == "all" or (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+        return v
+    raise ValueError(f"expected 'all' or a positive integer, but got {v!r}")
+
+
+# Base losses by params name, with the keyword arguments each accepts from params (constructor
+# arguments minus those the code sets; the classes are in tcm.losses.registry) and their types: from
+# the annotations of our losses (tcm.losses.smooth_ap, tcm.losses.recall_at_k) and from the defaults of
+# pytorch-metric-learning's (which have no annotations), so that check-params refuses what the loss
+# would (`alpha: two` otherwise fails at the first training step). Written out rather than read from
+# the classes so that validating params.yaml does not import torch (seconds per pipeline stage);
+# tests/test_config.py and tests/test_faults_config.py check names and types against the signatures.
+LOSS_PARAMS: dict[str, dict[str, Any]] = {
+    "multi_similarity": {"alpha": _Number, "base": _Number, "beta": _Number},
+    "proxy_anchor": {"alpha": _Number, "margin": _Number},
+    "smooth_ap": {"include_query": _Flag, "temperature": _PositiveNumber},
+    "rs_at_k": {"include_query": _Flag, "k_temperatures": Annotated[list[_PositiveNumber], Field(min_length=1)],
+                "k_values": Annotated[list[PositiveInt], Field(min_length=1)], "temperature": _PositiveNumber},
+    "contrastive": {"neg_margin": _Number, "pos_margin": _Number},
+    "triplet": {"margin": _Number, "smooth_loss": _Flag, "swap": _Flag,
+                "triplets_per_anchor": Annotated[Any, PlainValidator(_all_or_positive_int)]},
+}
+
+
+def _params_model(name: str, types: dict[str, Any]) -> type[BaseModel]:
+    # {params: {...}} so that a bad value's location reads loss.params.<key>.
+    inner = create_model(f"{name}_params", __config__=ConfigDict(extra="forbid"),
+                         **{k: (t, None) for k, t in types.items()})
+    return create_model(f"{name}_loss", params=(inner, ...))
+
+
+_LOSS_PARAM_MODELS = {name: _params_model(name, types) for name, types in LOSS_PARAMS.items()}
 
 # Run and data set names become folder names and unquoted arguments of the stage commands (dvc.yaml),
 # so they are restricted to characters that are safe in both.
@@ -73,21 +119,21 @@ class _Strict(BaseModel):
 class SyntheticConfig(_Strict):
     """A tiny generated copy of a benchmark in its real format (the `smoke` profile)."""
 
-    n_classes: PositiveInt = 8  # even: the lower half trains
-    per_class: PositiveInt = 6
-    size: tuple[PositiveInt, PositiveInt] = (64, 48)  # width, height of each JPEG
-    seed: NonNegativeInt = 0
+    n_classes: _count(10_000) = 8  # even: the lower half trains
+    per_class: _count(1_000) = 6
+    size: tuple[_count(MAX_PIXELS), _count(MAX_PIXELS)] = (64, 48)  # width, height of each JPEG
+    seed: Seed = 0
 
 
 class GlyphsConfig(_Strict):
     """The generated open world of the default (tcm.data.glyphs): three disjoint sets of classes."""
 
-    pretrain_classes: NonNegativeInt = 200  # for the upstream pretraining stage (the default's "ImageNet")
-    train_classes: Annotated[int, Strict(), Field(ge=2)] = 100
-    test_classes: Annotated[int, Strict(), Field(ge=2)] = 100
+    pretrain_classes: _count(100_000, lower=0) = 200  # for the upstream pretraining stage (the default's "ImageNet")
+    train_classes: _count(100_000, lower=2) = 100
+    test_classes: _count(100_000, lower=2) = 100
     per_class: Annotated[int, Strict(), Field(ge=2, le=10_000)] = 20
     size: Annotated[int, Strict(), Field(ge=8, le=512)] = 32  # pixels (square, grayscale PNG)
-    seed: NonNegativeInt = 0
+    seed: Seed = 0
 
 
 class PretrainConfig(_Strict):
@@ -97,10 +143,10 @@ class PretrainConfig(_Strict):
 
     backbone: Literal[BACKBONES] = "small_cnn"  # type: ignore[valid-type]
     epochs: Annotated[int, Strict(), Field(gt=0, le=10_000)] = 10
-    batch_size: PositiveInt = 128
+    batch_size: _count(MAX_BATCH) = 128
     lr: PositiveFloat = 1e-3  # Adam, cosine decay to 0
     weight_decay: NonNegativeFloat = 1e-4
-    seed: NonNegativeInt = 0
+    seed: Seed = 0
 
 
 class DatasetConfig(_Strict):
@@ -120,8 +166,8 @@ class DatasetConfig(_Strict):
     # class's images (a fixed draw) is held out as the test split.
     closed_set_test_share: float | None = Field(None, gt=0.0, lt=1.0)
     # Train: RandomResizedCrop(image_size, scale=crop_scale) (+ flip); test: Resize(resize) + CenterCrop.
-    image_size: PositiveInt = 224
-    resize: PositiveInt = 256
+    image_size: _count(MAX_PIXELS) = 224
+    resize: _count(MAX_PIXELS) = 256
     crop_scale: tuple[PositiveFloat, PositiveFloat] = (0.08, 1.0)
     hflip: bool = True
     # Waive the standard per-split image/class counts (subsets, tiny test copies).
@@ -131,10 +177,10 @@ class DatasetConfig(_Strict):
     # Fetch the data set into `root` when it is not there (only where a stable public address exists: CUB).
     download: bool = False
     # Re-encode the images to this short side (JPEG) in the data stage; null = train on the originals.
-    preprocess_short_side: PositiveInt | None = None
+    preprocess_short_side: _count(MAX_PIXELS) | None = None
     preprocess_quality: Annotated[int, Strict()] = Field(90, ge=50, le=100)
     # Worker processes for full verification and preprocessing; null = all CPU cores.
-    workers: PositiveInt | None = None
+    workers: _count(MAX_WORKERS) | None = None
 
     @model_validator(mode="after")
     def _check(self) -> DatasetConfig:
@@ -171,7 +217,7 @@ class DatasetConfig(_Strict):
 
 class ModelConfig(_Strict):
     backbone: Literal[BACKBONES]  # type: ignore[valid-type]
-    embedding_dim: PositiveInt = 512
+    embedding_dim: _count(65_536) = 512
     # ImageNet weights: torchvision's download when online, or `weights_path` (a local state_dict).
     pretrained: bool = False
     weights_path: Path | None = None
@@ -242,6 +288,14 @@ class LossConfig(_Strict):
             raise ValueError(f"unknown params {unknown} for loss '{self.name}'; accepted: {list(accepted)}{hint}")
         if self.simix and self.name != "rs_at_k":
             raise ValueError(f"simix (RS@k's similarity mixup) applies to loss 'rs_at_k' only, not '{self.name}'")
+        # Each value's type (LOSS_PARAMS); the ValidationError raised here is reported at loss.params.<key>.
+        # The values themselves stay as written (what a checkpoint's settings record).
+        _LOSS_PARAM_MODELS[self.name].model_validate({"params": self.params})
+        k_values, k_temps = self.params.get("k_values"), self.params.get("k_temperatures")
+        if self.name == "rs_at_k" and len(k_values or [1] * 5) != len(k_temps or [1] * 5):
+            # RecallAtKSurrogate pairs them (its defaults hold 5 each)
+            raise ValueError(f"params.k_values and params.k_temperatures must have equal lengths, but got "
+                             f"{k_values or '(default, 5)'} and {k_temps or '(default, 5)'}")
         return self
 
 
@@ -274,10 +328,10 @@ class TCMConfig(_Strict):
 
 class TrainConfig(_Strict):
     epochs: Annotated[int, Strict(), Field(gt=0, le=100_000)] = 10
-    batch_size: PositiveInt = 64
+    batch_size: _count(MAX_BATCH) = 64
     m_per_class: PositiveInt = 4  # images per class in each batch
     # Images drawn per epoch by the m-per-class sampler; null = the size of the train split.
-    samples_per_epoch: PositiveInt | None = None
+    samples_per_epoch: _count(10**8) | None = None  # 10^8: 1,000x ImageNet-1k's train split
     # m_per_class: pytorch-metric-learning's MPerClassSampler, samples_per_epoch images per epoch.
     # rsk: RS@k's epoch: each batch holds distinct classes with m_per_class unused images each, images are
     # used without replacement, and the epoch ends when no such batch can be formed (classes with fewer
@@ -296,13 +350,13 @@ class TrainConfig(_Strict):
     # Images per forward pass: a batch larger than this is embedded in chunks without autograd, the
     # loss is taken on the whole batch, then each chunk is re-run and back-propagated (RS@k's
     # `bs_base`). null = one forward pass for the whole batch.
-    chunk_size: PositiveInt | None = None
+    chunk_size: _count(MAX_BATCH) | None = None
     # torch.compile the model; auto = on CUDA only (ResNet-50 trained 1.44x and ViT-B/16 1.50x faster
     # compiled on an H200, issue 11), falling back to eager with a warning if compilation fails.
     compile: bool | Literal["auto"] = "auto"
     # One training per seed; the report gives mean, sd and paired 95% intervals over them.
-    seeds: list[NonNegativeInt] = Field(default_factory=lambda: [0], min_length=1)
-    num_workers: NonNegativeInt = 0
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
+    num_workers: _count(MAX_WORKERS, lower=0) = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True  # bf16 autocast, CUDA only
     channels_last: bool = True  # CUDA only
@@ -336,7 +390,7 @@ class RunConfig(_Strict):
 class OpisConfig(_Strict):
     beta: PositiveFloat = 1.0  # F-beta utility of TPR and TNR (assumed beta = 1)
     far_range: tuple[PositiveFloat, PositiveFloat] = (1e-2, 1e-1)  # calibration range of overall FAR
-    n_thresholds: Annotated[int, Strict()] = Field(101, ge=2)
+    n_thresholds: _count(10**6, lower=2) = 101
     eps: float = Field(0.05, gt=0.0, le=0.5)  # share of best / worst classes for eps-OPIS
     # OPIS class weights w_i: "uniform" = 1/C (assumed), "positive_pairs" = share of positive pairs.
     class_weighting: Literal["uniform", "positive_pairs"] = "uniform"
@@ -354,8 +408,8 @@ class OpisConfig(_Strict):
 class BootstrapConfig(_Strict):
     # Class-stratified bootstrap of OPIS over the test queries (tcm.metrics.bootstrap): its sd is written
     # per seed as opis_boot_sd / eps_opis_boot_sd. resamples: 0 = off, else at least 2.
-    resamples: NonNegativeInt = 300
-    seed: NonNegativeInt = 0
+    resamples: _count(100_000, lower=0) = 300
+    seed: Seed = 0
 
     @field_validator("resamples")
     @classmethod
@@ -366,14 +420,14 @@ class BootstrapConfig(_Strict):
 
 
 class EvaluationConfig(_Strict):
-    batch_size: PositiveInt = 256  # images per forward pass when embedding the test split
+    batch_size: _count(MAX_BATCH) = 256  # images per forward pass when embedding the test split
     recall_k: list[PositiveInt] = [1, 2, 4, 8]
     opis: OpisConfig = OpisConfig()
     # Query rows per similarity chunk; null = from the free memory (at most 512 MiB per chunk).
-    chunk_size: PositiveInt | None = None
+    chunk_size: _count(10**6) | None = None
     # Where the test split is embedded and the similarities computed; loader processes for embedding.
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_workers: NonNegativeInt = 0
+    num_workers: _count(MAX_WORKERS, lower=0) = 0
     decode: Literal["workers", "device"] = "workers"  # as train.decode, for the test split
     # Threshold report: the global threshold with this overall FAR on the test set, and the spread
     # of per-class FAR / FRR at it (min, median, max, mean of the worst `worst_share` of classes).
@@ -395,6 +449,14 @@ class MlflowConfig(_Strict):
     def _not_default_store(cls, v: str) -> str:
         if not v.startswith("sqlite:///"):
             raise ValueError(f"tracking_uri must be an explicit sqlite:/// store, but got {v!r}")
+        return v
+
+    @field_validator("experiment")
+    @classmethod
+    def _named(cls, v: str) -> str:
+        # MLflow refuses an empty name only when the first seed is logged, after the run folder was reset.
+        if not v.strip():
+            raise ValueError("the experiment needs a name (MLflow refuses an empty one)")
         return v
 
 
@@ -427,7 +489,23 @@ class Config(_Strict):
                     f"runs.{name}.dataset: unknown dataset {run.dataset!r}; "
                     f"defined in datasets: {sorted(self.datasets)}"
                 )
+        self._inside_project()
         return self
+
+    def _inside_project(self) -> None:
+        """The stages write under paths.* and the MLflow store: each must lie inside the project (the
+        folder of params.yaml), or a typo (`../runs`, an absolute path) would write, and a rerun delete,
+        files elsewhere. A symbolic link inside the project may point elsewhere (a big disk)."""
+        outputs: dict[str, tuple[Path, str]] = {f"paths.{key}": (value, str(value)) for key, value in self.paths}
+        uri = self.mlflow.tracking_uri
+        outputs["mlflow.tracking_uri"] = (Path(uri.removeprefix("sqlite:///")), uri)
+        outputs["mlflow.artifact_location"] = (Path(self.mlflow.artifact_location), self.mlflow.artifact_location)
+        base = Path(os.path.abspath(self.base_dir))
+        for key, (value, written) in outputs.items():
+            lexical = Path(os.path.abspath(base / value))
+            if not (lexical.is_relative_to(base) or (base / value).resolve().is_relative_to(base.resolve())):
+                raise ValueError(f"{key}: {written!r} lies outside the project ({base}, the folder of the params "
+                                 f"file); give a path inside it (a symbolic link there may point elsewhere)")
 
     def path(self, p: Path | str) -> Path:
         p = Path(p)
@@ -495,6 +573,9 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 
 def _has_path(d: Any, keys: tuple) -> bool:
     for k in keys:
+        if isinstance(d, list) and isinstance(k, int) and 0 <= k < len(d):  # an item of a list (seeds.0)
+            d = d[k]
+            continue
         if not isinstance(d, dict) or k not in d:
             return False
         d = d[k]
@@ -525,13 +606,21 @@ def _accepted_keys(model: type[BaseModel], loc: tuple) -> list[str] | None:
     return None
 
 
-def _format_errors(err: ValidationError, raw: dict[str, Any], source: str) -> str:
+# Where a value at a location of the merged params was written: (file, location there), or None for
+# params.yaml itself. Profiles use it to name configs/recipes.yaml and the recipe's key.
+Origin = Callable[[tuple[Any, ...]], tuple[str, tuple[Any, ...]] | None]
+
+
+def _format_errors(err: ValidationError, raw: dict[str, Any], source: str, origin: Origin | None = None) -> str:
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
-        shown = loc
+        shown, file = loc, source
+        found = origin(loc) if origin is not None else None
+        if found is not None:
+            file, shown = found
         # A run key that comes from run_defaults is reported where the user wrote it.
-        if len(loc) >= 3 and loc[0] == "runs" and not _has_path(raw.get("runs", {}).get(loc[1], {}), loc[2:]):
+        elif len(loc) >= 3 and loc[0] == "runs" and not _has_path(raw.get("runs", {}).get(loc[1], {}), loc[2:]):
             if _has_path(raw.get("run_defaults", {}), loc[2:]):
                 shown = ("run_defaults",) + loc[2:]
         key = ".".join(str(p) for p in shown)
@@ -543,13 +632,15 @@ def _format_errors(err: ValidationError, raw: dict[str, Any], source: str) -> st
             if "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], dict):
                 msg += f" (got {e['input']!r})"
         # Checks across sections (at the top level) name their key at the start of the message.
-        lines.append(f"{source}: {key}: {msg}" if key else f"{source}: {msg}")
+        lines.append(f"{file}: {key}: {msg}" if key else f"{file}: {msg}")
     # A bad value in run_defaults fails every run that inherits it: say it once.
     return "\n".join(dict.fromkeys(lines))
 
 
-def parse_config(raw: Any, source: str = "params.yaml", base_dir: Path | str = ".") -> Config:
-    """Validate an already-loaded params mapping; raise :class:`ConfigError` naming each bad key."""
+def parse_config(raw: Any, source: str = "params.yaml", base_dir: Path | str = ".",
+                 origin: Origin | None = None) -> Config:
+    """Validate an already-loaded params mapping; raise :class:`ConfigError` naming each bad key
+    (where ``origin`` places a location in another file, that file and its location)."""
     if raw is None:
         raise ConfigError(f"{source}: the file is empty; write one with `tcm profile default` (or another profile)")
     if not isinstance(raw, dict):
@@ -574,7 +665,7 @@ def parse_config(raw: Any, source: str = "params.yaml", base_dir: Path | str = "
     try:
         return Config.model_validate(merged)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, raw, source)) from None
+        raise ConfigError(_format_errors(err, raw, source, origin)) from None
 
 
 def load_config(path: Path | str = "params.yaml") -> Config:

@@ -1,6 +1,6 @@
 """`tcm` command line: every pipeline stage without Jupyter, DVC or MLflow.
 
-    tcm check-params [--params params.yaml] [--stamp FILE]
+    tcm check-params [--params params.yaml] [--stamp FILE]   (--params may be a profile)
     tcm data prepare NAME            (NAME: a key of `datasets` in params.yaml)
     tcm data prepare DATASET --root DIR --out DIR [--allow-nonstandard-counts] [--verify full] [--download]
                                      (DATASET: cub | cars196 | sop | inat2018 | mnist | sklearn_digits)
@@ -46,7 +46,10 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_check_params(args: argparse.Namespace) -> int:
-    check_batches(load_config(args.params), args.params)
+    from tcm.profiles import load_params
+
+    # A profile (profiles/NAME.yaml, possibly a matrix over configs/recipes.yaml) is checked as it would render.
+    check_batches(load_params(args.params), args.params)
     if args.stamp:
         # A constant stamp: downstream stages depend on it without depending on any value.
         from tcm.atomic import write_text
