@@ -570,7 +570,19 @@ class _Status:
     epoch: int = 0  # its last saved epoch (0: none trained)
     epochs: int = 0
     ckpt: Path | None = None
+    ino: int | None = None  # the inode of ckpt at that epoch: a later atomic save gives it a new one
     finished: list[int] = field(default_factory=list)
+
+    def saved(self, epoch: int) -> None:
+        self.epoch, self.ino = epoch, self.ckpt.stat().st_ino
+
+    def kept_epoch(self) -> int:
+        """The epoch on disk: a signal may land after a save replaced the file and before saved() ran."""
+        try:
+            ino = self.ckpt.stat().st_ino if self.ckpt is not None else None
+        except OSError:
+            return self.epoch
+        return self.epoch + 1 if (ino is not None and self.ino is not None and ino != self.ino) else self.epoch
 
 
 ASIDE_PREFIX = "train.old-"  # runs/<run>/train.old-<pid>: ignored by git and DVC (.gitignore, .dvcignore)
@@ -689,8 +701,9 @@ def _interrupted_message(name: str, status: _Status, kept: str) -> str:
     if status.seed is None:
         what = kept or "nothing was changed"
         return f"interrupted: run {name} before training began; {what}; rerun to train it"
-    if status.epoch >= 1:
-        return (f"interrupted: run {name} seed {status.seed} kept at epoch {status.epoch} of {status.epochs} in "
+    epoch = status.kept_epoch()
+    if epoch >= 1:
+        return (f"interrupted: run {name} seed {status.seed} kept at epoch {epoch} of {status.epochs} in "
                 f"{status.ckpt}{done}; rerun to resume")
     what = f"; {kept}" if kept else ""
     return f"interrupted: run {name} seed {status.seed} in its first epoch{done}{what}; rerun to resume"
@@ -750,8 +763,9 @@ def _preflight(name: str, run_cfg: RunConfig, run_dir: RunDir, model: nn.Module,
         except (TypeError, ValueError, RuntimeError, IndexError) as e:
             if isinstance(e, (TcmError, torch.cuda.OutOfMemoryError)):
                 raise
-            raise ConfigError(f"runs.{name}.loss: loss {loss.name!r} with params {dict(loss.params)} fails on a "
-                              f"batch ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+            raise ConfigError(f"runs.{name}.loss.params: loss {loss.name!r} fails on a batch with "
+                              f"{dict(loss.params)} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                              ) from None
     for folder in [run_dir.root, run_dir.train_dir, *run_dir.train_dir.glob("seed-*")]:
         if folder.is_dir():
             _probe_writable(folder)
@@ -913,6 +927,7 @@ def _train_seed(a: _Attempt, seed: int, histories: dict[int, list[dict]]) -> tup
                 parts, state = _build(run_cfg, seed, len(classes), device, len(loader)), None
     start_epoch, history = (state["epoch"] + 1, list(state["history"])) if state is not None else (1, [])
     a.status.seed, a.status.ckpt, a.status.epoch = seed, ckpt, start_epoch - 1
+    a.status.ino = ckpt.stat().st_ino if state is not None else None
     margins = _set_margins(a, parts, state)
     if start_epoch > t.epochs:
         return seed_hash, history, margins  # finished earlier in this same, interrupted attempt
@@ -944,7 +959,7 @@ def _train_seed(a: _Attempt, seed: int, histories: dict[int, list[dict]]) -> tup
                     raise WriteError(f"{e} (run {name} seed {seed} at epoch {a.status.epoch}); make room and rerun "
                                      "to resume") from None
                 raise
-            a.status.epoch = epoch
+            a.status.saved(epoch)
             if a.aside is not None:
                 if epoch == 0:
                     a.aside.marked(ckpt)
