@@ -374,11 +374,12 @@ def test_killing_only_dvc_ends_the_stage_kernel(tmp_path) -> None:
     kernel = None
     try:
         deadline = time.monotonic() + 400
-        while kernel is None or not (work / "runs/digits-ms/history.csv").exists():
+        while not (work / "runs/digits-ms/history.csv").exists():
             assert dvc.poll() is None, "dvc ended before training started"
             assert time.monotonic() < deadline, "the train stage did not save an epoch in time"
-            kernel = kernel or _descendant_kernel(dvc.pid)
             time.sleep(0.2)
+        kernel = _descendant_kernel(dvc.pid)  # the train stage's (earlier stages had their own)
+        assert kernel is not None
         dvc.kill()  # dvc alone: its children stay
         dvc.wait()
         deadline = time.monotonic() + 60
@@ -394,6 +395,12 @@ def test_killing_only_dvc_ends_the_stage_kernel(tmp_path) -> None:
                     pass
     state = torch.load(work / "runs/digits-ms/train/seed-0/checkpoint.pt", weights_only=True)
     assert 1 <= state["epoch"] < 200
+    # Stopped by an interrupt (not killed): the executed copy, written as the stage ends, says so.
+    executed = work / "reports/notebooks/train-digits-ms.ipynb"
+    deadline = time.monotonic() + 60
+    while not (executed.exists() and "TrainingInterrupted" in executed.read_text()):
+        assert time.monotonic() < deadline, "the stage did not end with the training's interrupt"
+        time.sleep(0.5)
     from tcm.locks import exclusive
 
     with exclusive(work / "runs/digits-ms/.lock", "run digits-ms"):  # free: a rerun would resume
