@@ -208,6 +208,23 @@ def test_full_disk_in_a_new_attempt_puts_the_finished_run_back(tmp_path, capsys,
     assert not list(run_root.glob("train.old-*"))
 
 
+def test_file_size_limit_is_refused_before_anything_is_moved(tmp_path, digits_dir) -> None:  # noqa: F811
+    """`ulimit -f` below a checkpoint's size: refused by name before the finished run is touched (the
+    partial checkpoint of a new attempt never lands beside the old metrics)."""
+    import resource
+
+    path, run_root = _trained(tmp_path, digits_dir, mlflow=False)
+    before = _results(run_root)
+    limit = 16 * 1024
+    out = subprocess.run([sys.executable, "-m", "tcm.cli", "train", "r", "--params", str(path)],
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    lines = [line for line in out.stderr.splitlines() if line.startswith("tcm")]
+    assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "file too large" in lines[0] and "ulimit -f" in lines[0] and "nothing was changed" in lines[0], lines
+    assert _results(run_root) == before
+
+
 def test_read_only_run_folder_is_one_line_naming_it(tmp_path, capsys, monkeypatch, digits_dir) -> None:  # noqa: F811
     path, run_root = _trained(tmp_path, digits_dir, mlflow=False)
     before = _results(run_root)

@@ -45,9 +45,24 @@ def save_checkpoint(path: Path, state: dict) -> None:
             free = free_bytes(path.parent)
             if free is not None and free < state_bytes(state) + 2**20:
                 raise write_error(path, OSError(errno.ENOSPC, "no space left on device"), kept) from None
+            limit = file_size_limit()
+            if limit is not None and state_bytes(state) > limit:
+                raise WriteError(f"cannot write {path}: file too large: the checkpoint needs about "
+                                 f"{state_bytes(state) / 2**20:.1f} MiB, the file size limit (ulimit -f) is "
+                                 f"{limit / 2**20:.1f} MiB{'; ' + kept if kept else ''}") from None
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise WriteError(f"cannot write {path}: {first} ({(free or 0) / 2**20:.1f} MiB free; a file size "
-                             f"limit, ulimit -f?){'; ' + kept if kept else ''}") from None
+            raise WriteError(f"cannot write {path}: {first} ({(free or 0) / 2**20:.1f} MiB free)"
+                             f"{'; ' + kept if kept else ''}") from None
+
+
+def file_size_limit() -> int | None:
+    """This process's largest file in bytes (``ulimit -f``), or None when unlimited (or unknown)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def read_checkpoint(path: Path) -> dict:

@@ -16,6 +16,12 @@ alone writes checkpoints, history and MLflow.
 
 Large batches (RS@k and Smooth-AP use 4000) fit in memory with ``train.chunk_size``: see
 :func:`train_step`.
+
+Nothing finished is lost to a fault. Before an earlier ``train/`` folder is touched, everything that can
+fail on the settings or the machine is tried (:func:`_preflight`, and the MLflow store's own check in
+:class:`tcm.tracking.Tracker`); a new attempt moves the earlier folder aside and deletes it only once it
+has saved a trained epoch (:class:`_Aside`). Ctrl-C and SIGTERM end the MLflow run KILLED and raise
+:class:`TrainingInterrupted`, whose one line says which epoch is kept where.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from tcm.atomic import WriteError, atomic_path, free_bytes, refused_write, write_error, write_json
-from tcm.checkpoint import read_checkpoint, save_checkpoint, state_bytes
+from tcm.checkpoint import file_size_limit, read_checkpoint, save_checkpoint, state_bytes
 from tcm.config import Config, ConfigError, DatasetConfig, RunConfig, resolved_run, training_settings
 from tcm.data import read_manifest
 from tcm.data.batches import InputPipeline, input_pipeline
@@ -771,11 +777,17 @@ def _preflight(name: str, run_cfg: RunConfig, run_dir: RunDir, model: nn.Module,
             _probe_writable(folder)
     # A checkpoint holds the model, the loss's parameters and the optimizer's state (up to twice the
     # parameters for Adam); while it is written, the previous one is still there.
-    need = 3 * (state_bytes(model.state_dict()) + state_bytes(criterion.base.state_dict()))
+    weights = state_bytes(model.state_dict()) + state_bytes(criterion.base.state_dict())
+    need = 3 * weights
     free = free_bytes(run_dir.root)
     if free is not None and free < need:
         raise WriteError(f"cannot write {run_dir.train_dir}: no space left on device: a checkpoint needs about "
                          f"{need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free; nothing was changed")
+    limit = file_size_limit()
+    if limit is not None and limit < weights:  # the weights alone: a checkpoint is surely larger
+        raise WriteError(f"cannot write {run_dir.train_dir}: file too large: a checkpoint needs more than "
+                         f"{weights / 2**20:.1f} MiB, the file size limit (ulimit -f) is {limit / 2**20:.1f} MiB; "
+                         "nothing was changed")
 
 
 def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool = True) -> TrainResult:
