@@ -202,7 +202,8 @@ def test_loader_draws_m_per_class_batches_per_process(tmp_path, digits_dir) -> N
 
 
 def poison_loss_at_call(monkeypatch, call: int) -> None:
-    """Make the base loss NaN at its ``call``-th evaluation (counted over the whole run)."""
+    """Make the base loss NaN at its ``call``-th evaluation in training (counted over the whole run, after
+    the one evaluation of train's check before it starts)."""
     real = train.build_criterion
     calls = {"n": 0}
 
@@ -214,7 +215,7 @@ def poison_loss_at_call(monkeypatch, call: int) -> None:
             def forward(self, emb, labels, *rest):
                 calls["n"] += 1
                 out = base(emb, labels, *rest)
-                return out * float("nan") if calls["n"] == call else out
+                return out * float("nan") if calls["n"] == call + 1 else out
 
         crit.base = Poison()
         return crit

@@ -7,22 +7,62 @@ neither of those imports the training code.
 
 from __future__ import annotations
 
+import errno
 import pickle
 import re
 from pathlib import Path
 
 import torch
 
-from tcm.atomic import atomic_path
+from tcm.atomic import WriteError, atomic_path, free_bytes, write_error
 from tcm.config import ModelConfig
 from tcm.models import build_model
 from tcm.runfiles import CheckpointError
 
 
+def state_bytes(state: object) -> int:
+    """Bytes of the tensors in ``state`` (nested dicts, lists, tuples): about a checkpoint's size."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(v) for v in state)
+    return 0
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write ``state`` so that a reader never sees a half-written file."""
+    """Write ``state`` so that a reader never sees a half-written file. A write the disk refuses is a
+    :class:`tcm.atomic.WriteError` naming ``path`` (the previous checkpoint, if any, is kept)."""
+    path = Path(path)
+    kept = "the previous checkpoint is kept" if path.is_file() else ""
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as e:
+            # torch's zip writer loses the errno ("inline_container.cc: unexpected pos ..."): a full disk
+            # is told by the space left, anything else by the writer's own words.
+            free = free_bytes(path.parent)
+            if free is not None and free < state_bytes(state) + 2**20:
+                raise write_error(path, OSError(errno.ENOSPC, "no space left on device"), kept) from None
+            limit = file_size_limit()
+            if limit is not None and state_bytes(state) > limit:
+                raise WriteError(f"cannot write {path}: file too large: the checkpoint needs about "
+                                 f"{state_bytes(state) / 2**20:.1f} MiB, the file size limit (ulimit -f) is "
+                                 f"{limit / 2**20:.1f} MiB{'; ' + kept if kept else ''}") from None
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise WriteError(f"cannot write {path}: {first} ({(free or 0) / 2**20:.1f} MiB free)"
+                             f"{'; ' + kept if kept else ''}") from None
+
+
+def file_size_limit() -> int | None:
+    """This process's largest file in bytes (``ulimit -f``), or None when unlimited (or unknown)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def read_checkpoint(path: Path) -> dict:

@@ -6,6 +6,7 @@ threshold report, from the chunked metrics of ``tcm.metrics``), embeddings.npz a
 
 from __future__ import annotations
 
+import functools
 import shutil
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from tcm.data import read_manifest
 from tcm.data.batches import input_pipeline
 from tcm.device import pick_device
 from tcm.embed import embed
+from tcm.errors import TcmError
 from tcm.metrics import evaluate_embeddings
 from tcm.metrics.opis import curves_table
 from tcm.provenance import RECORD_KEY, evaluation_record
@@ -49,6 +51,26 @@ def mlflow_metrics(metrics: dict) -> dict:
     return {k: v for k, v in flatten(metrics).items() if k not in NOT_METRICS}
 
 
+class EvaluationInterrupted(TcmError, RuntimeError):
+    """Ctrl-C (or the stage runner's interrupt) stopped an evaluation; the message says what is kept."""
+
+
+def _interrupt_message(evaluate_run):
+    """Ctrl-C as one line about evaluation (the command line's generic message is about training)."""
+
+    @functools.wraps(evaluate_run)
+    def wrapper(cfg: Config, name: str, *args, **kwargs):
+        try:
+            return evaluate_run(cfg, name, *args, **kwargs)
+        except KeyboardInterrupt:
+            raise EvaluationInterrupted(
+                f"interrupted: evaluation of run {name} stopped before {cfg.run_dir(name).metrics} was written; "
+                "the trained checkpoints are untouched; rerun to evaluate") from None
+
+    return wrapper
+
+
+@_interrupt_message
 def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool = True) -> dict[int, dict]:
     """Evaluate every seed of run ``name``; returns each seed's metrics."""
     run_cfg = cfg.run(name)

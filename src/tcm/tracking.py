@@ -9,6 +9,10 @@ is ``$DVC_ROOT`` under DVC (queued ``dvc exp`` runs execute in temporary copies,
 variable at the project they came from) and params.yaml's folder otherwise. Several processes may
 write at once (``dvc queue start -j 2``): the store is created under a lock, uses SQLite's
 write-ahead log, and busy writes are retried.
+
+A store that cannot be used (a read-only or garbage file, a folder in its place, the experiment
+deleted in the UI, another process holding its lock too long) is a :class:`TrackingError` when the
+Tracker is created: training creates it before it touches any earlier result.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from tcm.config import Config
+from tcm.errors import TcmError
 from tcm.locks import exclusive
 
 T = TypeVar("T")
@@ -84,8 +89,32 @@ def dvc_tags(cwd: Path) -> dict[str, str]:
             "dvc.baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV") or git_commit(cwd).removesuffix("-dirty")}
 
 
+class TrackingError(TcmError, RuntimeError):
+    """The MLflow store cannot be used; the message names the store and what to do."""
+
+
 def _busy(e: Exception) -> bool:
-    return "database is locked" in str(e) or getattr(e, "error_code", "") == "TEMPORARILY_UNAVAILABLE"
+    # Only SQLite's "database is locked" is another writer: MLflow files every OperationalError
+    # (a read-only file included) under TEMPORARILY_UNAVAILABLE, and those never clear by waiting.
+    return "database is locked" in str(e)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def store_problem(db: Path, e: BaseException) -> str:
+    """What is wrong with the store ``db``, from an error its use raised."""
+    text = str(e).lower()
+    if "readonly" in text or "read-only" in text:
+        return f"{db.name} is read-only ({db}); make it writable (and its folder), or set mlflow.tracking_uri"
+    if "not a database" in text or "file is encrypted" in text or "malformed" in text:
+        return (f"{db.name} is not an SQLite database, or is damaged ({db}); move it away (a new store is "
+                "created) or set mlflow.tracking_uri")
+    if "disk is full" in text or "no space" in text:
+        return f"no space left on device for the MLflow store {db}"
+    return f"the MLflow store {db} cannot be used: {_first_line(e)}"
 
 
 def retry(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -101,14 +130,46 @@ def retry(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 class _Retrying:
-    """An ``MlflowClient`` whose every call is :func:`retry`-ed."""
+    """An ``MlflowClient`` whose every call is :func:`retry`-ed; a call that still fails is a
+    :class:`TrackingError` naming the store (one line, not MLflow's traceback)."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, db: Path) -> None:
         self._client = client
+        self._db = db
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._client, name)
-        return (lambda *a, **k: retry(attr, *a, **k)) if callable(attr) else attr
+        if not callable(attr):
+            return attr
+
+        def call(*a: Any, **k: Any) -> Any:
+            try:
+                return retry(attr, *a, **k)
+            except TcmError:
+                raise
+            except Exception as e:
+                raise TrackingError(f"MLflow: {name}: {store_problem(self._db, e)}") from e
+
+        return call
+
+
+def _check_store_file(db: Path) -> None:
+    """Fail early, in one line, on a store path that SQLite would misread or fail on later."""
+    if db.is_dir():
+        raise TrackingError(f"{db.name} is a directory, not an SQLite file ({db}); move it away (a new store is "
+                            "created) or set mlflow.tracking_uri")
+    if db.is_file():
+        with open(db, "rb") as f:
+            head = f.read(16)
+        if head and head != b"SQLite format 3\x00":
+            raise TrackingError(f"{db.name} is not an SQLite database ({db}); move it away (a new store is "
+                                "created) or set mlflow.tracking_uri")
+        if not os.access(db, os.W_OK):
+            raise TrackingError(f"{db.name} is read-only ({db}); make it writable, or set mlflow.tracking_uri")
+    # SQLite writes its -wal and -shm files beside the store.
+    if db.parent.is_dir() and not os.access(db.parent, os.W_OK):
+        raise TrackingError(f"{db.name} is read-only: its folder {db.parent} is not writable; make it writable, or "
+                            "set mlflow.tracking_uri")
 
 
 class Tracker:
@@ -131,16 +192,30 @@ class Tracker:
         uri, artifacts = store_uris(cfg)
         db = store_paths(cfg)[0]
         # Creating the tables and the experiment is a check-then-act: one process at a time.
+        _check_store_file(db)
         with exclusive(db.with_name(db.name + ".lock"), f"MLflow store {db}", wait=True):
-            # WAL lets readers and one writer work at once; the mode is stored in the file, once.
-            with contextlib.closing(sqlite3.connect(db, timeout=60)) as con:
-                con.execute("PRAGMA journal_mode=WAL")
-            self.client = _Retrying(MlflowClient(tracking_uri=uri))
-            exp = self.client.get_experiment_by_name(cfg.mlflow.experiment)
+            try:
+                # WAL lets readers and one writer work at once; the mode is stored in the file, once.
+                with contextlib.closing(sqlite3.connect(db, timeout=60)) as con:
+                    con.execute("PRAGMA journal_mode=WAL")
+                    # A write probe: SQLite opens a file it may not write read-only and says so only at
+                    # the first write, which would come after training has begun.
+                    version = con.execute("PRAGMA user_version").fetchone()[0]  # unused by MLflow
+                    con.execute(f"PRAGMA user_version = {int(version)}")
+            except sqlite3.Error as e:
+                raise TrackingError(store_problem(db, e)) from None
+            client = _Retrying(MlflowClient(tracking_uri=uri), db)
+            exp = client.get_experiment_by_name(cfg.mlflow.experiment)
+            if exp is not None and exp.lifecycle_stage != "active":
+                raise TrackingError(
+                    f"MLflow experiment {cfg.mlflow.experiment!r} (id {exp.experiment_id}) in {db} is deleted (in the "
+                    f"MLflow UI); restore it (mlflow experiments restore --experiment-id {exp.experiment_id}) or set "
+                    "mlflow.experiment to another name")
             # The kind tag makes the MLflow UI open the experiment on its training-runs table.
-            self.experiment_id = (exp.experiment_id if exp is not None else self.client.create_experiment(
+            self.experiment_id = (exp.experiment_id if exp is not None else client.create_experiment(
                 cfg.mlflow.experiment, artifact_location=artifacts,
                 tags={"mlflow.experimentKind": "custom_model_development"}))
+            self.client = client
 
     @property
     def enabled(self) -> bool:

@@ -16,6 +16,12 @@ alone writes checkpoints, history and MLflow.
 
 Large batches (RS@k and Smooth-AP use 4000) fit in memory with ``train.chunk_size``: see
 :func:`train_step`.
+
+Nothing finished is lost to a fault. Before an earlier ``train/`` folder is touched, everything that can
+fail on the settings or the machine is tried (:func:`_preflight`, and the MLflow store's own check in
+:class:`tcm.tracking.Tracker`); a new attempt moves the earlier folder aside and deletes it only once it
+has saved a trained epoch (:class:`_Aside`). Ctrl-C and SIGTERM end the MLflow run KILLED and raise
+:class:`TrainingInterrupted`, whose one line says which epoch is kept where.
 """
 
 from __future__ import annotations
@@ -26,9 +32,12 @@ import json
 import os
 import random
 import shutil
+import signal
 import sys
+import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -39,8 +48,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from tcm.atomic import atomic_path, write_json
-from tcm.checkpoint import read_checkpoint, save_checkpoint
+from tcm.atomic import WriteError, atomic_path, free_bytes, refused_write, write_error, write_json
+from tcm.checkpoint import file_size_limit, read_checkpoint, save_checkpoint, state_bytes
 from tcm.config import Config, ConfigError, DatasetConfig, RunConfig, resolved_run, training_settings
 from tcm.data import read_manifest
 from tcm.data.batches import InputPipeline, input_pipeline
@@ -60,6 +69,10 @@ from tcm.tracking import Tracker
 
 class TrainingDiverged(TcmError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(TcmError, RuntimeError):
+    """Ctrl-C or SIGTERM stopped training; the message says what was kept and that a rerun resumes."""
 
 
 class NonFiniteLoss(ArithmeticError):
@@ -515,13 +528,149 @@ def _read_progress(path: Path) -> dict | None:
         return None
 
 
-def _start_attempt(run_dir: RunDir, run_hash: str, code: str, d: Dist) -> bool:
+# --------------------------------------------------------------------------- signals
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (``kill``, a job scheduler, torchrun stopping its workers) stops training as Ctrl-C does:
+    the exception unwinds through the cleanup that ends the MLflow run as KILLED and keeps the
+    checkpoints, where the default action would end the process on the spot (MLflow run left RUNNING)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _shielded() -> Iterator[None]:
+    """Ignore Ctrl-C and SIGTERM for a short cleanup (ending the MLflow run, putting train/ back): a second
+    signal there would leave the cleanup half done. Pressing Ctrl-C twice is common."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+# --------------------------------------------------------------------------- what a failure keeps
+
+
+@dataclass
+class _Status:
+    """Where the attempt stands, for the one line an interrupt or a failure prints."""
+
+    seed: int | None = None  # the seed being trained
+    epoch: int = 0  # its last saved epoch (0: none trained)
+    epochs: int = 0
+    ckpt: Path | None = None
+    ino: int | None = None  # the inode of ckpt at that epoch: a later atomic save gives it a new one
+    finished: list[int] = field(default_factory=list)
+
+    def saved(self, epoch: int) -> None:
+        self.epoch, self.ino = epoch, self.ckpt.stat().st_ino
+
+    def kept_epoch(self) -> int:
+        """The epoch on disk: a signal may land after a save replaced the file and before saved() ran."""
+        try:
+            ino = self.ckpt.stat().st_ino if self.ckpt is not None else None
+        except OSError:
+            return self.epoch
+        return self.epoch + 1 if (ino is not None and self.ino is not None and ino != self.ino) else self.epoch
+
+
+ASIDE_PREFIX = "train.old-"  # runs/<run>/train.old-<pid>: ignored by git and DVC (.gitignore, .dvcignore)
+
+
+@dataclass
+class _Aside:
+    """The previous ``train/`` folder, moved aside (not deleted) while a new attempt starts.
+
+    It comes back when the new attempt fails or is interrupted before it has saved a trained epoch;
+    it is deleted once the new attempt has saved its first trained epoch. From then on the new attempt
+    is what a rerun resumes, and the old folder (a finished run, or other settings or code) is
+    something no rerun would resume, so keeping it until the whole run finishes would only double the
+    disk it takes."""
+
+    train_dir: Path
+    old: Path
+    mark: tuple[Path, int] | None = None  # the untrained checkpoint of the first seed, and its inode
+    dropped: bool = False
+
+    def marked(self, ckpt: Path) -> None:
+        """``ckpt`` now holds the new attempt's untrained (epoch 0) checkpoint."""
+        if self.mark is None:
+            self.mark = (ckpt, ckpt.stat().st_ino)
+
+    def progressed(self) -> bool:
+        """Whether the new attempt has saved a trained epoch (an atomic save gives the file a new inode)."""
+        if self.mark is None:
+            return False
+        try:
+            return self.mark[0].stat().st_ino != self.mark[1]
+        except OSError:
+            return False
+
+    def drop(self) -> None:
+        progress = _read_progress(self.train_dir / "progress.json")
+        if progress is not None and progress.pop("aside", None) is not None:
+            # First, so that a kill during the deletion never lets _recover_aside put back half a folder.
+            write_json(self.train_dir / "progress.json", progress)
+        shutil.rmtree(self.old, ignore_errors=True)
+        self.dropped = True
+
+    def put_back(self) -> None:
+        shutil.rmtree(self.train_dir, ignore_errors=True)
+        os.replace(self.old, self.train_dir)
+
+    def settle(self) -> str:
+        """After a failure: keep what is worth more; returns what was kept, for the message."""
+        if self.dropped:
+            return ""
+        if self.progressed():
+            self.drop()
+            return ""
+        self.put_back()
+        return f"the earlier {self.train_dir} is put back unchanged"
+
+
+def _recover_aside(run_dir: RunDir, d: Dist) -> None:
+    """A folder moved aside by a process that was killed (kill -9, power loss): with the run's lock held,
+    no one else uses it. It goes back when the attempt that replaced it had not saved a trained epoch
+    (progress.json still names it), else it is deleted."""
+    for old in sorted(run_dir.root.glob(ASIDE_PREFIX + "*")):
+        progress = _read_progress(run_dir.progress) or {}
+        if progress.get("aside") == old.name or not run_dir.train_dir.exists():
+            _notice(d, f"{run_dir.train_dir} was replaced by an attempt that saved no trained epoch; putting back "
+                       f"the earlier one ({old.name})")
+            shutil.rmtree(run_dir.train_dir, ignore_errors=True)
+            os.replace(old, run_dir.train_dir)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _start_attempt(run_dir: RunDir, run_hash: str, code: str, d: Dist) -> tuple[bool, _Aside | None]:
     """Whether this call continues an interrupted attempt (same settings, same code, not finished);
-    otherwise the checkpoints of ``run_dir`` are deleted and a new attempt starts.
+    otherwise a new attempt starts in a new ``train/`` folder, the old one moved aside (:class:`_Aside`,
+    returned; None when there was none).
 
     Only an unfinished attempt is resumed: re-running a finished run (``dvc repro --force``, or a
     stage re-run because its code changed) trains again, so a stage never passes off old results
     as new ones."""
+    if d.main:
+        _recover_aside(run_dir, d)
     progress = _read_progress(run_dir.progress)
     reason = None
     if progress is None:
@@ -533,19 +682,141 @@ def _start_attempt(run_dir: RunDir, run_hash: str, code: str, d: Dist) -> bool:
     elif progress.get("code") != code:
         reason = "was written by other code (tcm source files changed)"
     if progress is not None and reason is None:
-        return True
+        return True, None
+    aside = None
     if d.main:
         if reason is not None:
             _notice(d, f"{run_dir.train_dir} {reason}; training {run_dir.name} from scratch")
-        shutil.rmtree(run_dir.train_dir, ignore_errors=True)
-        write_json(run_dir.progress, {"run": run_dir.name, "run_hash": run_hash, "code": code, "complete": False})
-    return False
+        fresh = {"run": run_dir.name, "run_hash": run_hash, "code": code, "complete": False}
+        if run_dir.train_dir.exists():
+            aside = _Aside(run_dir.train_dir, run_dir.root / f"{ASIDE_PREFIX}{os.getpid()}")
+            shutil.rmtree(aside.old, ignore_errors=True)
+            os.replace(run_dir.train_dir, aside.old)
+            fresh["aside"] = aside.old.name  # for _recover_aside, should this process be killed
+        try:
+            write_json(run_dir.progress, fresh)
+        except BaseException:
+            if aside is not None:
+                aside.put_back()
+            raise
+    return False, aside
+
+
+def _interrupted_message(name: str, status: _Status, kept: str) -> str:
+    done = f"; seeds {status.finished} finished" if status.finished else ""
+    if status.seed is None:
+        what = kept or "nothing was changed"
+        return f"interrupted: run {name} before training began; {what}; rerun to train it"
+    epoch = status.kept_epoch()
+    if epoch >= 1:
+        return (f"interrupted: run {name} seed {status.seed} kept at epoch {epoch} of {status.epochs} in "
+                f"{status.ckpt}{done}; rerun to resume")
+    what = f"; {kept}" if kept else ""
+    return f"interrupted: run {name} seed {status.seed} in its first epoch{done}{what}; rerun to resume"
+
+
+# --------------------------------------------------------------------------- checks before anything is moved
+
+
+def _probe_writable(folder: Path) -> None:
+    """Create and delete a file in ``folder``: a read-only or full file system says so here."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tcm-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        if refused_write(e):
+            raise write_error(folder, e, "nothing was changed") from None
+        raise
+
+
+def _preflight(name: str, run_cfg: RunConfig, run_dir: RunDir, model: nn.Module, loader: DataLoader,
+               pipeline: InputPipeline, classes: np.ndarray, device: torch.device) -> None:
+    """Everything that can fail on the settings or the machine, tried before any earlier result is moved:
+    the loss builds and runs on the first batch's labels, the sampler plans an epoch, the first batch
+    reads and goes through the model, the run folder is writable and has room for a checkpoint."""
+    t, loss = run_cfg.train, run_cfg.loss
+    try:
+        criterion = build_criterion(loss, run_cfg.tcm, len(classes), run_cfg.model.embedding_dim)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, TcmError):
+            raise
+        raise ConfigError(f"runs.{name}.loss.params: loss {loss.name!r} rejects {dict(loss.params)} "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    try:
+        indices = next(iter(loader.batch_sampler))
+    except (MemoryError, OverflowError) as e:
+        key = "samples_per_epoch" if t.sampler != "rsk" else "batch_size"
+        raise ConfigError(f"runs.{name}.train.{key}: {getattr(t, key)} is too large: the sampler cannot plan an "
+                          f"epoch of it in memory ({type(e).__name__}); lower it") from None
+    except StopIteration:
+        raise ConfigError(f"runs.{name}.train: the sampler plans no batch of {t.batch_size} images from the "
+                          "train split; lower batch_size") from None
+    dataset = loader.dataset
+    labels = torch.as_tensor(np.asarray(dataset.labels)[list(indices)]).to(device)
+    # The model sees a few images (a batch of thousands would take long on a CPU); the loss sees the
+    # whole batch's labels, with stand-in embeddings.
+    few = list(indices)[:max(2 * t.m_per_class, 8)]
+    collate = loader.collate_fn
+    x, _ = collate([dataset[i] for i in few])  # a file that does not read fails here, in its own words
+    model.to(device).eval()
+    with torch.no_grad():
+        emb = model(pipeline.to_model(x, device))
+        stand_in = torch.nn.functional.normalize(torch.randn(len(labels), emb.shape[1], device=device), dim=1)
+        criterion.base.to(device)
+        try:
+            criterion(stand_in, labels)
+        except (TypeError, ValueError, RuntimeError, IndexError) as e:
+            if isinstance(e, (TcmError, torch.cuda.OutOfMemoryError)):
+                raise
+            raise ConfigError(f"runs.{name}.loss.params: loss {loss.name!r} fails on a batch with "
+                              f"{dict(loss.params)} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                              ) from None
+    for folder in [run_dir.root, run_dir.train_dir, *run_dir.train_dir.glob("seed-*")]:
+        if folder.is_dir():
+            _probe_writable(folder)
+    # A checkpoint holds the model, the loss's parameters and the optimizer's state (up to twice the
+    # parameters for Adam); while it is written, the previous one is still there.
+    weights = state_bytes(model.state_dict()) + state_bytes(criterion.base.state_dict())
+    need = 3 * weights
+    free = free_bytes(run_dir.root)
+    if free is not None and free < need:
+        raise WriteError(f"cannot write {run_dir.train_dir}: no space left on device: a checkpoint needs about "
+                         f"{need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free; nothing was changed")
+    limit = file_size_limit()
+    if limit is not None and limit < weights:  # the weights alone: a checkpoint is surely larger
+        raise WriteError(f"cannot write {run_dir.train_dir}: file too large: a checkpoint needs more than "
+                         f"{weights / 2**20:.1f} MiB, the file size limit (ulimit -f) is {limit / 2**20:.1f} MiB; "
+                         "nothing was changed")
 
 
 def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool = True) -> TrainResult:
     """Train run ``name`` of ``cfg`` once per seed of ``train.seeds``; an interrupted call resumes
     (see :func:`_start_attempt`), a finished run is trained again. Refused (:class:`LockedError`)
-    while another process trains the same run folder."""
+    while another process trains the same run folder.
+
+    Ctrl-C and SIGTERM raise :class:`TrainingInterrupted`, whose message says what was kept; the
+    MLflow run ends KILLED. Nothing finished is removed before the new attempt has saved its first
+    trained epoch (:class:`_Aside`)."""
+    status = _Status()
+    aside: list[_Aside] = []  # filled by _run once the old train/ is moved aside
+    with _sigterm_interrupts():
+        try:
+            return _run(cfg, name, tracker, progress, status, aside)
+        except BaseException as e:
+            kept = ""
+            if aside:
+                with _shielded():
+                    kept = aside[0].settle()
+            if isinstance(e, KeyboardInterrupt):
+                raise TrainingInterrupted(_interrupted_message(name, status, kept)) from None
+            if kept and isinstance(e, TcmError) and e.args:
+                e.args = (f"{e.args[0]}; {kept}", *e.args[1:])
+            raise
+
+
+def _run(cfg: Config, name: str, tracker: Tracker | None, progress: bool, status: _Status,
+         aside: list[_Aside]) -> TrainResult:
     run_cfg = _resolve_weights(cfg, cfg.run(name))
     run_dir = cfg.run_dir(name)
     with contextlib.ExitStack() as stack:
@@ -554,6 +825,7 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
             # One writer per run folder: a kernel orphaned by a killed `dvc repro` may still be training it.
             stack.enter_context(exclusive(run_dir.lock, f"run {name}"))
         t = run_cfg.train
+        status.epochs = t.epochs
         settings = resolved_run(cfg, name)
         manifest = read_manifest(cfg.data_dir(run_cfg.dataset))
         device = pick_device(t.device, d.local_rank)
@@ -571,27 +843,33 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
         code = code_fingerprint(__name__)
         if d.main:
             run_dir.root.mkdir(parents=True, exist_ok=True)
-        # Fail on a model that cannot be built (missing weights) before any checkpoint is cleared.
-        build_model(run_cfg.model)
-        resuming = _start_attempt(run_dir, run_hash, code, d)
+        # Everything that can fail on the settings or the machine is tried before any checkpoint is moved:
+        # the model builds (missing weights), the MLflow store opens, the loss and the first batch work.
+        model = build_model(run_cfg.model)
+        if d.main:
+            tracker = tracker or Tracker(cfg)
+        else:  # only rank 0 talks to MLflow
+            tracker = Tracker(cfg.model_copy(update={"mlflow": cfg.mlflow.model_copy(update={"enabled": False})}))
+        _preflight(name, run_cfg, run_dir, model, loader, pipeline, classes, device)
+        del model
+        resuming, moved = _start_attempt(run_dir, run_hash, code, d)
+        if moved is not None:
+            aside.append(moved)
         if d.enabled:
             import torch.distributed as dist
 
             dist.barrier()  # rank 0 has cleared or kept the checkpoints before any rank reads them
 
-        if d.main:
-            tracker = tracker or Tracker(cfg)
-        else:  # only rank 0 talks to MLflow
-            tracker = Tracker(cfg.model_copy(update={"mlflow": cfg.mlflow.model_copy(update={"enabled": False})}))
         env = environment(device)
         info = {"run": name, "settings": settings, "run_hash": run_hash, "code_fingerprint": code, "environment": env,
                 "num_train_classes": int(len(classes)), "world_size": d.world_size, "seeds": {}}
         attempt = _Attempt(name, run_cfg, run_dir, settings, loader, pipeline, classes, device, d, tracker, progress,
                            run_hash, code, env, resuming, cfg.data_dir(run_cfg.dataset), cfg.dataset(run_cfg.dataset),
-                           cfg.evaluation.batch_size)
+                           cfg.evaluation.batch_size, status, moved)
         histories: dict[int, list[dict]] = {}
         for seed in t.seeds:
             seed_hash, histories[seed], margins = _train_seed(attempt, seed, histories)
+            status.finished.append(seed)
             info["seeds"][str(seed)] = {"config_hash": seed_hash, **({"tcm_margins": margins} if margins else {})}
             if d.main:
                 write_json(run_dir.info, info)
@@ -623,6 +901,8 @@ class _Attempt:
     data_dir: Path
     dataset_cfg: DatasetConfig
     eval_batch_size: int  # images per forward pass when embedding the train split for the margin rule
+    status: _Status  # updated as seeds and epochs are saved
+    aside: _Aside | None  # the previous train/ folder, until the first trained epoch is saved
 
 
 def _train_seed(a: _Attempt, seed: int, histories: dict[int, list[dict]]) -> tuple[str, list[dict], dict | None]:
@@ -658,6 +938,8 @@ def _train_seed(a: _Attempt, seed: int, histories: dict[int, list[dict]]) -> tup
                         "from scratch")
                 parts, state = _build(run_cfg, seed, len(classes), device, len(loader)), None
     start_epoch, history = (state["epoch"] + 1, list(state["history"])) if state is not None else (1, [])
+    a.status.seed, a.status.ckpt, a.status.epoch = seed, ckpt, start_epoch - 1
+    a.status.ino = ckpt.stat().st_ino if state is not None else None
     margins = _set_margins(a, parts, state)
     if start_epoch > t.epochs:
         return seed_hash, history, margins  # finished earlier in this same, interrupted attempt
@@ -668,31 +950,47 @@ def _train_seed(a: _Attempt, seed: int, histories: dict[int, list[dict]]) -> tup
             **{f"env.{k}": str(v) for k, v in a.env.items()}}
     run_id = tracker.find_run(name, seed_hash, a.code) if state is not None else None
     run_id = tracker.start_run(name, a.settings, stage="train", run_id=run_id, tags=tags, seed=seed)
-
-    model = raw_model = parts.model
-    if d.enabled:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if _compiles(t.compile, device):
-        model = torch.compile(model)
-
-    def checkpoint(epoch: int) -> None:
-        save_checkpoint(ckpt, {
-            "model": raw_model.state_dict(), "loss": parts.criterion.base.state_dict(),
-            "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(), "epoch": epoch,
-            "epochs": t.epochs, "history": history, "config_hash": seed_hash, "code": a.code, "seed": seed,
-            "settings": a.settings, "classes": classes.tolist(), "world_size": d.world_size, "tcm_margins": margins})
-
-    if d.main and state is None:
-        checkpoint(0)  # a seed killed in its first epoch then resumes, and continues its MLflow run
-    autocast = device.type == "cuda" and t.amp
-    backbone_params = [p for p in raw_model.backbone.parameters() if p.requires_grad]
     try:
+        model = raw_model = parts.model
+        if d.enabled:
+            model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        if _compiles(t.compile, device):
+            model = torch.compile(model)
+
+        def checkpoint(epoch: int) -> None:
+            try:
+                save_checkpoint(ckpt, {
+                    "model": raw_model.state_dict(), "loss": parts.criterion.base.state_dict(),
+                    "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(),
+                    "epoch": epoch, "epochs": t.epochs, "history": history, "config_hash": seed_hash,
+                    "code": a.code, "seed": seed, "settings": a.settings, "classes": classes.tolist(),
+                    "world_size": d.world_size, "tcm_margins": margins})
+            except WriteError as e:
+                if a.status.epoch >= 1:
+                    raise WriteError(f"{e} (run {name} seed {seed} at epoch {a.status.epoch}); make room and rerun "
+                                     "to resume") from None
+                raise
+            a.status.saved(epoch)
+            if a.aside is not None:
+                if epoch == 0:
+                    a.aside.marked(ckpt)
+                elif not a.aside.dropped and a.aside.progressed():
+                    a.aside.drop()  # the new attempt now has a trained epoch to resume: see _Aside
+
+        if d.main and state is None:
+            checkpoint(0)  # a seed killed in its first epoch then resumes, and continues its MLflow run
+        autocast = device.type == "cuda" and t.amp
+        backbone_params = [p for p in raw_model.backbone.parameters() if p.requires_grad]
         _epochs(a, seed, parts, model, raw_model, history, histories, start_epoch, checkpoint, run_id, autocast,
                 backbone_params)
     except BaseException as e:
         # An interrupted run is resumed later and reopened (start_run); it must not show as running.
-        tracker.end_run(run_id, status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        with _shielded():
+            try:
+                tracker.end_run(run_id, status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            except TcmError as failed:  # the store went away meanwhile: the first error is the one to tell
+                _notice(d, f"could not mark the MLflow run as ended: {failed}")
         raise
     if d.main:
         tracker.set_stage(run_id, "train")

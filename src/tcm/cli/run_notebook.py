@@ -1,23 +1,37 @@
 """`tcm notebook IN OUT -p NAME VALUE ...`: run a stage notebook with papermill, as dvc.yaml does.
 
-Three things plain `papermill` does not do for a pipeline stage:
+Things plain `papermill` does not do for a pipeline stage:
 - the kernel's stderr (one line per epoch, progress) streams to the terminal while the cell runs;
 - the executed copy keeps one stream output per cell (not one per progress update);
 - an error the user can fix (a :class:`tcm.errors.TcmError` raised in the notebook: bad data, a
   diverged run, a locked run folder) ends the stage with that one line and exit 2, not with
-  papermill's traceback and the notebook's. The executed notebook keeps the full traceback.
+  papermill's traceback and the notebook's. The executed notebook keeps the full traceback;
+- Ctrl-C or SIGTERM is passed on to the kernel as an interrupt (the kernel runs in a session of its
+  own, which the terminal's Ctrl-C does not reach): the cell stops the way `tcm train` would, keeping
+  its checkpoints and ending its MLflow run KILLED, and the stage ends with that one line. A second
+  Ctrl-C stops the kernel at once;
+- when `dvc` (or whatever started this command) is killed, the kernel is interrupted the same way
+  instead of training on for nobody (and holding the run's lock against the rerun).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import pkgutil
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Iterator
 
 from tcm.errors import TcmError
 
 KERNEL = "python3"
+POLL_SECONDS = 1.0  # how often the watchdog looks for the process that started this one
+GRACE_SECONDS = 60.0  # how long an interrupted kernel may take to stop before it is killed
 
 
 def user_error_names() -> set[str]:
@@ -39,20 +53,166 @@ def user_error_names() -> set[str]:
     return names
 
 
+# --------------------------------------------------------------------------- processes (Linux /proc)
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time) of process ``pid``, or None when it is gone (or /proc is missing)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()  # the command name may hold spaces and parentheses
+    if fields[0] == "Z":  # a zombie has exited; only its parent has not collected it yet
+        return None
+    return int(fields[1]), int(fields[19])
+
+
+def _command(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if entry.name.isdigit():
+            st = _stat(int(entry.name))
+            if st is not None and st[0] == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def _is_dvc(pid: int) -> bool:
+    return any(Path(arg).name in ("dvc", "dvc.exe") or arg.endswith("/dvc/__main__.py")
+               for arg in _command(pid)[:3]) or _command(pid)[1:3] == ["-m", "dvc"]
+
+
+def _watched() -> list[tuple[int, int, str]]:
+    """(pid, start time, name) of the processes this one lives for: its ancestors up to the nearest
+    `dvc`, or its parent alone when no `dvc` started it."""
+    chain, pid = [], os.getppid()
+    while pid > 1:
+        st = _stat(pid)
+        if st is None:
+            break
+        dvc = _is_dvc(pid)
+        chain.append((pid, st[1], "dvc" if dvc else Path(_command(pid)[0] or "parent").name))
+        if dvc:
+            return chain
+        pid = st[0]
+    return chain[:1]
+
+
+# --------------------------------------------------------------------------- stopping the kernel
+
+
+class _Stopper:
+    """Passes the first stop (Ctrl-C, SIGTERM, the watchdog) to the kernel as an interrupt; a second
+    signal, or a kernel that does not stop within GRACE_SECONDS, kills it and ends this process."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self.reason: str | None = None
+        self._lock = threading.Lock()
+
+    def _kernels(self) -> list[int]:
+        return _children(os.getpid())
+
+    def _signal_kernels(self, sig: int) -> None:
+        for pid in self._kernels():
+            # The kernel leads a session of its own (jupyter_client): its DataLoader workers are in it too.
+            try:
+                os.killpg(pid, sig)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, sig)
+
+    def stop(self, reason: str) -> None:
+        with self._lock:
+            first = self.reason is None
+            if first:
+                self.reason = reason
+        if not first:
+            self.kill_now()
+        self._signal_kernels(signal.SIGINT)
+        threading.Thread(target=self._deadline, daemon=True).start()
+
+    def _deadline(self) -> None:
+        end = time.monotonic() + GRACE_SECONDS
+        while time.monotonic() < end:
+            if not self._kernels():
+                return
+            time.sleep(0.5)
+        self.kill_now()
+
+    def kill_now(self) -> None:
+        self._signal_kernels(signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            print(f"tcm: error: {self.reason or 'stopped'}: the notebook {self.source} was stopped at once; what "
+                  "its stage finished before is kept (checkpoints of completed epochs); rerun the stage",
+                  file=sys.stderr, flush=True)
+        os._exit(2)
+
+    def on_signal(self, signum: int, frame: object) -> None:
+        self.stop("interrupted (Ctrl-C)" if signum == signal.SIGINT else f"interrupted ({signal.Signals(signum).name})")
+
+    def watch(self, watched: list[tuple[int, int, str]]) -> None:
+        """Daemon thread body: stop the kernel once a watched process is gone (``dvc`` killed)."""
+        while self.reason is None:
+            for pid, start, name in watched:
+                st = _stat(pid)
+                if st is None or st[1] != start:
+                    self.stop(f"interrupted: {name} (pid {pid}) is gone")
+                    return
+            time.sleep(POLL_SECONDS)
+
+
+@contextlib.contextmanager
+def _stop_handling(source: Path) -> Iterator[_Stopper]:
+    stopper = _Stopper(source)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, stopper.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    watched = _watched()
+    if watched:
+        threading.Thread(target=stopper.watch, args=(watched,), daemon=True, name="tcm-watchdog").start()
+    try:
+        yield stopper
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def run_notebook(source: Path, output: Path, parameters: dict[str, str]) -> int:
-    """Execute ``source`` into ``output`` with ``parameters``; 0, or 2 after a user error (one line on stderr)."""
+    """Execute ``source`` into ``output`` with ``parameters``; 0, or 2 after a user error or an
+    interrupt (one line on stderr)."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    try:
-        # coalesce_streams: one stderr output per cell in the executed copy, progress bars reduced to
-        # their last state, instead of one output per update.
-        papermill.execute_notebook(str(source), str(output), parameters=parameters, kernel_name=KERNEL,
-                                   progress_bar=False, stderr_file=sys.stderr, cwd=None, coalesce_streams=True)
-    except PapermillExecutionError as e:
-        if e.ename in user_error_names():
-            print(f"\ntcm: error: {e.evalue} (the executed notebook {output} has the details)", file=sys.stderr)
+    with _stop_handling(source) as stopper:
+        try:
+            # coalesce_streams: one stderr output per cell in the executed copy, progress bars reduced to
+            # their last state, instead of one output per update.
+            papermill.execute_notebook(str(source), str(output), parameters=parameters, kernel_name=KERNEL,
+                                       progress_bar=False, stderr_file=sys.stderr, cwd=None, coalesce_streams=True)
+        except PapermillExecutionError as e:
+            if e.ename in user_error_names():
+                print(f"\ntcm: error: {e.evalue} (the executed notebook {output} has the details)", file=sys.stderr)
+                return 2
+            if e.ename == "KeyboardInterrupt" or stopper.reason is not None:
+                print(f"\ntcm: error: {stopper.reason or 'interrupted'}: the notebook {source} stopped in a cell "
+                      f"(the executed copy {output} shows where); rerun the stage", file=sys.stderr)
+                return 2
+            print(f"{e}\ntcm: notebook {source} failed; the executed copy is {output}", file=sys.stderr)
+            return 1
+        except Exception as e:
+            if stopper.reason is None:
+                raise
+            # The kernel died of the interrupt (or in its cleanup): papermill says so in its own words.
+            print(f"\ntcm: error: {stopper.reason}: the notebook {source} stopped ({type(e).__name__}); rerun "
+                  "the stage", file=sys.stderr)
             return 2
-        print(f"{e}\ntcm: notebook {source} failed; the executed copy is {output}", file=sys.stderr)
-        return 1
     return 0
