@@ -93,7 +93,7 @@ def test_distinct_out_and_curves_still_work(arrays, tmp_path) -> None:
 
 def test_absurd_n_thresholds_is_refused_before_any_work(arrays, tmp_path, capsys) -> None:
     _fails_in_one_line(capsys, ["evaluate", *arrays, "--out", tmp_path / "m.json", "--n-thresholds", "1000000000"],
-                       "--n-thresholds", "1,000,000,000", "at most 1,000,000")
+                       "--n-thresholds", "less than or equal to 1000000", "1000000000")
     assert not (tmp_path / "m.json").exists()
 
 

@@ -130,9 +130,27 @@ def test_loss_parameter_the_loss_rejects_keeps_the_checkpoint(tmp_path, capsys, 
     path, run_root = _trained(tmp_path, digits_dir, mlflow=False)
     before = _results(run_root)
     p = params_for(tmp_path, digits_dir, epochs=1)
-    p["runs"]["r"]["loss"]["params"] = {"alpha": "two"}  # passes params.yaml's checks, not the loss's
+    p["runs"]["r"]["loss"]["params"] = {"alpha": "two"}  # refused by params.yaml's checks (config.LOSS_PARAMS)
     write_params(path, p)
-    _fails_in_one_line(capsys, ["train", "r", "--params", str(path)], "runs.r.loss.params", "'two'", "TypeError")
+    _fails_in_one_line(capsys, ["train", "r", "--params", str(path)], "runs.r.loss.params.alpha", "'two'")
+    assert _results(run_root) == before
+
+
+def test_loss_constructor_error_is_named_before_anything_is_moved(tmp_path, capsys, monkeypatch,
+                                                                  digits_dir) -> None:  # noqa: F811
+    """What the typed params let through but the loss refuses (here: any value) stops in the preflight."""
+    from tcm.losses import registry
+
+    path, run_root = _trained(tmp_path, digits_dir, mlflow=False)
+    before = _results(run_root)
+
+    def refuse(**kwargs):
+        raise ValueError("alpha must be below beta")
+
+    monkeypatch.setitem(registry.BASE_LOSSES, "multi_similarity", refuse)
+    write_params(path, params_for(tmp_path, digits_dir, epochs=1))
+    _fails_in_one_line(capsys, ["train", "r", "--params", str(path)], "runs.r.loss.params",
+                       "ValueError: alpha must be below beta")
     assert _results(run_root) == before
 
 
@@ -140,8 +158,8 @@ def test_huge_samples_per_epoch_is_refused_before_anything_is_moved(tmp_path, ca
     path, run_root = _trained(tmp_path, digits_dir, mlflow=False)
     before = _results(run_root)
     write_params(path, params_for(tmp_path, digits_dir, epochs=1, samples_per_epoch=10**15))
-    _fails_in_one_line(capsys, ["train", "r", "--params", str(path)], "runs.r.train.samples_per_epoch",
-                       "too large")
+    _fails_in_one_line(capsys, ["train", "r", "--params", str(path)], "run_defaults.train.samples_per_epoch",
+                       "less than or equal to 100000000")
     assert _results(run_root) == before
 
 

@@ -738,9 +738,7 @@ def _preflight(name: str, run_cfg: RunConfig, run_dir: RunDir, model: nn.Module,
     t, loss = run_cfg.train, run_cfg.loss
     try:
         criterion = build_criterion(loss, run_cfg.tcm, len(classes), run_cfg.model.embedding_dim)
-    except (TypeError, ValueError) as e:
-        if isinstance(e, TcmError):
-            raise
+    except (TypeError, ValueError) as e:  # what config.LOSS_PARAMS's types let through
         raise ConfigError(f"runs.{name}.loss.params: loss {loss.name!r} rejects {dict(loss.params)} "
                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     try:

@@ -25,10 +25,6 @@ from tcm.config import EvaluationConfig, OpisConfig
 from tcm.errors import TcmError
 
 _DEFAULT = EvaluationConfig()
-# --n-thresholds: the OPIS curves hold one point per threshold and class, so memory and the curves CSV grow
-# with it; 101 (the default) already resolves the calibration range, and beyond a million the run only
-# exhausts memory.
-MAX_THRESHOLDS = 10**6
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -120,15 +116,12 @@ def settings_from_args(args: argparse.Namespace) -> dict:
             worst_share=args.worst_share, bootstrap={"resamples": args.bootstrap, "seed": args.bootstrap_seed},
             opis=OpisConfig(beta=args.beta, far_range=tuple(args.far_range), n_thresholds=args.n_thresholds,
                             eps=args.eps, class_weighting=args.class_weighting, resolution=args.resolution))
-        if args.n_thresholds > MAX_THRESHOLDS:
-            raise InputError(f"--n-thresholds: {args.n_thresholds:,} is too many (at most {MAX_THRESHOLDS:,}; "
-                             f"the default {_DEFAULT.opis.n_thresholds} resolves the curves)")
     except ValidationError as e:
         err = e.errors()[0]
         flags = {"recall_k": "k", "opis": str(err["loc"][-1]) if err["loc"] else "option",
                  "bootstrap": "bootstrap" if err["loc"][-1:] == ("resamples",) else "bootstrap-seed"}
         where = "--" + flags.get(str(err["loc"][0]), str(err["loc"][0])).replace("_", "-") if err["loc"] else "option"
-        raise InputError(f"{where}: {err['msg']}") from None
+        raise InputError(f"{where}: {err['msg']} (got {err['input']!r})") from None
     o = cfg.opis
     return dict(recall_k=cfg.recall_k, beta=o.beta, far_range=o.far_range, n_thresholds=o.n_thresholds, eps=o.eps,
                 class_weighting=o.class_weighting, resolution=o.resolution, chunk_size=cfg.chunk_size,

@@ -9,7 +9,7 @@ import pytorch_metric_learning.losses as pml_losses
 import torch
 from torch import nn
 
-from tcm.config import ConfigError, LossConfig, TCMConfig
+from tcm.config import LossConfig, TCMConfig
 from tcm.losses.recall_at_k import RecallAtKSurrogate
 from tcm.losses.smooth_ap import SmoothAP
 from tcm.losses.tcm import ThresholdConsistentMargin
@@ -64,10 +64,7 @@ def build_criterion(loss: LossConfig, tcm: TCMConfig, num_classes: int, embeddin
         kwargs.update(num_classes=num_classes, embedding_size=embedding_dim)
     if loss.name == "rs_at_k":  # SiMix mixes the base loss's batch only: TCM sees the real embeddings
         kwargs.update(simix=loss.simix)
-    try:
-        base = BASE_LOSSES[loss.name](**kwargs)
-    except (TypeError, ValueError) as e:  # config.LOSS_PARAMS types the params; this catches what it misses
-        raise ConfigError(f"loss.params {loss.params} refused by loss {loss.name!r}: {e}") from None
+    base = BASE_LOSSES[loss.name](**kwargs)  # what config.LOSS_PARAMS misses, train's preflight names
     miner = pml_miners.MultiSimilarityMiner() if (loss.name == "multi_similarity" and loss.miner) else None
     reg = (ThresholdConsistentMargin(tcm.pos_margin, tcm.neg_margin, tcm.pos_weight, tcm.neg_weight)
            if tcm.enabled else None)
