@@ -3,13 +3,14 @@
 #   make repro-parallel GPUS="0 1 2 3"   the same with the train stages side by side, one per GPU
 #                (JOBS=N instead of GPUS: N at a time, no GPU pinning; docs/gpus.md)
 #   make test    same environment, lint (ruff) and run the test suite with the doctests (what .ci/run calls)
+#   make test-fast   lint and the unit tier only (no `e2e` or `slow` marker): about 2 minutes
 # and for the notebooks (README, Notebooks):
 #   make lab     same environment, JupyterLab on notebooks/ with the project's kernel "Python (tcm)"
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ACTIVATE := . $(VENV)/bin/activate
 
-.PHONY: repro repro-parallel test install lab
+.PHONY: repro repro-parallel test test-fast install lab
 install: $(VENV)/.installed
 
 # The last step registers the notebooks' kernel "tcm" inside the venv (--sys-prefix): it starts this
@@ -33,8 +34,12 @@ JOBS ?= 1
 repro-parallel: $(VENV)/.installed
 	$(ACTIVATE) && tcm parallel $(if $(strip $(GPUS)),--gpus $(GPUS),--jobs $(JOBS))
 
+# --durations: the CI log names the slowest tests (candidates for the `slow` marker or a shared fixture).
 test: $(VENV)/.installed
-	$(ACTIVATE) && ruff check . && python -m pytest
+	$(ACTIVATE) && ruff check . && python -m pytest --durations=25
+
+test-fast: $(VENV)/.installed
+	$(ACTIVATE) && ruff check . && python -m pytest -m "not e2e and not slow"
 
 # JupyterLab refuses to run as root (containers, CI) unless told to.
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root,)

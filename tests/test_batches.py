@@ -112,6 +112,7 @@ def _crop_colours(pipeline, draws: int, num_workers: int) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
+@pytest.mark.slow
 def test_training_crops_are_statistically_equivalent_through_the_loaders(manifest: Path) -> None:
     """Through real loaders (PIL crops drawn in 2 worker processes, device crops in this process, each
     with its own random streams), the crops' position, scale and flip statistics match: two-sample

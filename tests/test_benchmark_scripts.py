@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -18,6 +20,7 @@ def _commands() -> list[list[str]]:
             for line in text.splitlines() if line.startswith("part ")]
 
 
+@pytest.mark.slow
 def test_gpu_script_is_valid_bash_and_its_scripts_accept_its_options() -> None:
     subprocess.run(["bash", "-n", str(REPO / "benchmarks/gpu.sh")], check=True)
     commands = _commands()

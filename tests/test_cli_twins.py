@@ -22,6 +22,7 @@ def no_mlflow(monkeypatch):
     monkeypatch.setattr("tcm.tracking._NOTICE_SHOWN", False)
 
 
+@pytest.mark.slow
 def test_stages_run_from_the_cli_without_mlflow(tmp_path, no_mlflow, capsys) -> None:
     params = str(write_params(tmp_path / "params.yaml", tiny_params(mlflow=True)))
     assert main(["check-params", "--params", params]) == 0

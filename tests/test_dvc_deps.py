@@ -23,8 +23,6 @@ from conftest import REPO, run_command
 
 from tcm.fingerprint import PACKAGE_DIR, source_files
 
-pytestmark = pytest.mark.e2e
-
 SRC = PACKAGE_DIR.parent  # .../src
 NOTEBOOK_STAGES = {
     "data": ("01_data.ipynb", {"dataset": "digits"}),
@@ -102,6 +100,7 @@ def executed_modules(project: Path, tmp_path_factory) -> dict[str, set[str]]:
     return found
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("stage", [*NOTEBOOK_STAGES, "validate"])
 def test_every_module_a_stage_runs_is_a_declared_dependency(stage: str, executed_modules) -> None:
     deps = _stage_deps(stage)
@@ -121,6 +120,7 @@ def test_stage_deps_are_the_import_closure_of_its_notebook(stage: str) -> None:
     assert not unused, f"stage {stage}: dvc.yaml lists {unused}, which its notebook never runs"
 
 
+@pytest.mark.e2e
 def test_fresh_clone_shows_no_changed_source_dependency(project: Path, tmp_path) -> None:
     """Bytecode (left by any Python run) is ignored: a clone's sources match the lock."""
     clone = tmp_path / "clone"

@@ -227,6 +227,7 @@ def test_nan_loss_is_one_line_on_the_command_line(tmp_path, capsys, digits_dir, 
                        "last good checkpoint")
 
 
+@pytest.mark.slow
 def test_training_ends_its_mlflow_runs(tmp_path, digits_dir) -> None:  # noqa: F811
     from mlflow.tracking import MlflowClient
 
@@ -282,6 +283,7 @@ t.end_run(run)
 """
 
 
+@pytest.mark.slow
 def test_concurrent_writers_share_one_new_store(tmp_path) -> None:
     """Several processes creating the store and logging at once: every run lands, one experiment."""
     path = write_params(tmp_path / "params.yaml", tiny_params(mlflow=True))
@@ -337,6 +339,7 @@ def _notebook(path: Path, code: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_stage_notebook_user_error_is_one_line(tmp_path, capsys) -> None:
     nb = _notebook(tmp_path / "in.ipynb", "from tcm.config import ConfigError\n"
                    "raise ConfigError(f'params.yaml: runs.{x}: something the user can fix')")
@@ -350,6 +353,7 @@ def test_stage_notebook_user_error_is_one_line(tmp_path, capsys) -> None:
     assert "Traceback" not in err and out.is_file()
 
 
+@pytest.mark.slow
 def test_stage_notebook_bug_keeps_its_traceback(tmp_path, capsys) -> None:
     nb = _notebook(tmp_path / "in.ipynb", "print('to stderr', file=__import__('sys').stderr)\n1 / 0")
     capsys.readouterr()

@@ -213,6 +213,7 @@ def test_a_missing_non_optional_module_keeps_its_traceback(monkeypatch) -> None:
         main(["report"])
 
 
+@pytest.mark.slow
 def test_file_evaluator_and_params_check_need_no_extra(arrays, tmp_path) -> None:
     """README: the command-line twins run without the pipeline extra; here with every optional package blocked."""
     params = write_params(tmp_path / "params.yaml", tiny_params())
@@ -316,6 +317,7 @@ def _loader_manifest(tmp_path: Path, fmt: str) -> tuple[Path, Path]:
     return tmp_path / "data", victim
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 @pytest.mark.parametrize("decode", ["workers", "device"])
 @pytest.mark.parametrize("workers", [0, 1])
@@ -338,6 +340,7 @@ def test_loader_names_the_file_that_fails_to_decode(fmt: str, decode: str, worke
     assert message.startswith(f"{victim}: cannot decode image") and "tcm data prepare" in message
 
 
+@pytest.mark.slow
 def test_training_on_a_truncated_image_is_one_line(tmp_path, capsys) -> None:
     params = write_params(tmp_path / "params.yaml", tiny_params(runs=("digits-ms",)))
     assert main(["data", "prepare", "digits", "--params", str(params)]) == 0

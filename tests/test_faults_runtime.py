@@ -81,6 +81,7 @@ def _deleted_experiment(db: Path, monkeypatch) -> None:
     client.delete_experiment(client.get_experiment_by_name("tcm-default").experiment_id)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage,words", [
     (_garbage, ("mlflow.db is not an SQLite database",)),
     (_directory, ("mlflow.db is a directory",)),
@@ -98,6 +99,7 @@ def test_unusable_mlflow_store_is_one_line_and_keeps_the_checkpoints(tmp_path, c
     assert _results(run_root) == before  # the finished run's checkpoint, history and run.json
 
 
+@pytest.mark.slow
 def test_held_store_lock_times_out_naming_its_holder(tmp_path, capsys, monkeypatch, digits_dir) -> None:  # noqa: F811
     from tcm.locks import exclusive
 
@@ -226,6 +228,7 @@ def test_full_disk_in_a_new_attempt_puts_the_finished_run_back(tmp_path, capsys,
     assert not list(run_root.glob("train.old-*"))
 
 
+@pytest.mark.slow
 def test_file_size_limit_is_refused_before_anything_is_moved(tmp_path, digits_dir) -> None:  # noqa: F811
     """`ulimit -f` below a checkpoint's size: refused by name before the finished run is touched (the
     partial checkpoint of a new attempt never lands beside the old metrics)."""
@@ -289,6 +292,7 @@ def test_killed_while_aside_puts_the_earlier_run_back(tmp_path, capsys, digits_d
 # ---------------------------------------------------------------- interrupts
 
 
+@pytest.mark.slow
 def test_ctrl_c_names_what_was_kept_and_ends_the_mlflow_run_killed(tmp_path, capsys, monkeypatch,
                                                                    digits_dir) -> None:  # noqa: F811
     from tcm import train
@@ -323,6 +327,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 300) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_during_train_is_one_line_and_the_rerun_resumes(tmp_path, digits_dir, sig) -> None:  # noqa: F811
     path = write_params(tmp_path / "params.yaml", params_for(tmp_path, digits_dir, epochs=40, mlflow=True,
@@ -342,6 +347,7 @@ def test_signal_during_train_is_one_line_and_the_rerun_resumes(tmp_path, digits_
     assert [r.info.status for r in _mlflow_runs(tmp_path)] == ["KILLED"]
 
 
+@pytest.mark.slow
 def test_evaluate_interrupted_says_so_for_evaluation(tmp_path, capsys, monkeypatch, digits_dir) -> None:  # noqa: F811
     from tcm import evaluate
 
@@ -373,6 +379,7 @@ def _kernels_of(pid: int) -> list[int]:
     return [c for c in _children(pid) if any("ipykernel" in a for a in _command(c))]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the kernel process through /proc")
 def test_ctrl_c_in_the_train_stage_notebook_stops_the_kernel_with_one_line(tmp_path, digits_dir) -> None:  # noqa: F811
     path = write_params(tmp_path / "params.yaml", params_for(tmp_path, digits_dir, epochs=40, mlflow=True,

@@ -102,6 +102,7 @@ def test_bad_options(files, capsys, extra, words):
     assert rc == 2 and words in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_subprocess_exit_code_and_stderr(files):
     d, _, _ = files
     np.save(d / "f.npy", np.ones(200) * 0.5)

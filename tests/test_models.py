@@ -12,6 +12,7 @@ from tcm.config import ModelConfig
 from tcm.models import GeM, WeightsError, build_model, structure_signature
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone,size", [("small_cnn", 32), ("resnet50", 64), ("vit_b_16", 224)])
 def test_backbones_give_512d_unit_embeddings(backbone: str, size: int) -> None:
     torch.manual_seed(0)
@@ -22,6 +23,7 @@ def test_backbones_give_512d_unit_embeddings(backbone: str, size: int) -> None:
     torch.testing.assert_close(emb.norm(dim=1), torch.ones(2))
 
 
+@pytest.mark.slow
 def test_gem_pooling_and_layernorm_neck() -> None:
     x = torch.rand(2, 3, 4, 4) + 0.1
     pooled = GeM(p=1.0)(x)  # p = 1 is average pooling
@@ -135,6 +137,7 @@ def test_offline_download_error_says_how_to_get_the_weights(monkeypatch) -> None
         build_model(ModelConfig(backbone="small_cnn", pretrained=True))
 
 
+@pytest.mark.slow
 def test_imagenet1k_v1_requests_torchvisions_first_resnet50_weights(monkeypatch, tmp_path) -> None:
     # The references' ResNet-50 (RS@k / Smooth-AP: pretrainedmodels' resnet50; ProxyAnchor: torchvision's
     # resnet50(pretrained=True)) is torchvision's IMAGENET1K_V1. No network: get_state_dict is replaced.
@@ -205,6 +208,7 @@ def in21k_file(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
     return path, state
 
 
+@pytest.mark.slow
 def test_imagenet21k_is_timms_vit_base_with_the_cls_token_as_features() -> None:
     from timm.models.vision_transformer import VisionTransformer
 
@@ -228,6 +232,7 @@ def test_imagenet21k_is_timms_vit_base_with_the_cls_token_as_features() -> None:
     again.load_state_dict(model.state_dict())
 
 
+@pytest.mark.slow
 def test_imagenet21k_weights_load_from_weights_path_and_from_the_hub(in21k_file, monkeypatch) -> None:
     import huggingface_hub
 
@@ -251,6 +256,7 @@ def test_imagenet21k_weights_load_from_weights_path_and_from_the_hub(in21k_file,
     assert all(torch.equal(v, state[k]) for k, v in from_hub.backbone.state_dict().items())
 
 
+@pytest.mark.slow
 def test_imagenet21k_offline_error_names_the_file_and_where_to_set_it(monkeypatch, tmp_path) -> None:
     import huggingface_hub
 

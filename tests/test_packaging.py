@@ -83,6 +83,7 @@ def test_notebook_names_the_tcm_kernel(path: Path) -> None:
     assert json.loads(path.read_text())["metadata"]["kernelspec"] == KERNEL
 
 
+@pytest.mark.slow
 def test_jupyter_lab_is_installed_in_the_venv() -> None:
     out = subprocess.run([str(BIN / "jupyter"), "lab", "--version"], capture_output=True, text=True, check=True)
     assert re.fullmatch(r"\d+\.\d+\S*", out.stdout.strip()), out.stdout

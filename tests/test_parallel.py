@@ -170,6 +170,7 @@ def _fake_project(dest: Path) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_changed_dependency_or_failure_leaves_the_stage_out_of_date_and_others_committed(tmp_path) -> None:
     project = _fake_project(tmp_path / "fake")
     out = run_command(["tcm", "parallel", "--gpus", "7", "9"], project, check=False)
@@ -196,6 +197,7 @@ def test_changed_dependency_or_failure_leaves_the_stage_out_of_date_and_others_c
     assert set(_status(project)) == {"train@digits-ms-tcm", "train@digits-pa"}
 
 
+@pytest.mark.slow
 def test_dependency_changed_before_the_commit_puts_dvc_lock_back(tmp_path, monkeypatch) -> None:
     """The window between the last check and `dvc commit`: the dvc.lock entry written is checked too."""
     from tcm.cli.parallel import Dvc, Pool

@@ -106,6 +106,7 @@ def _dry_run_stages(tmp_path: Path, profile: str) -> tuple[set[str], dict]:
     return stages, load_config(tmp_path / "params.yaml").runs
 
 
+@pytest.mark.slow
 def test_paper_profile_dry_run_lists_every_stage(tmp_path) -> None:
     stages, runs = _dry_run_stages(tmp_path, "paper")
     benchmarks = ("cub", "cars196", "sop", "inat2018")
@@ -148,6 +149,7 @@ def test_cub_quick_profile_is_the_cub_rs_at_k_recipe_sized_for_ten_minutes(tmp_p
     assert {r.model.weights_path for r in local.runs.values()} == {Path("/models/resnet50-0676ba61.pth")}
 
 
+@pytest.mark.slow
 def test_cub_quick_profile_dry_run_lists_its_stages(tmp_path) -> None:
     stages, runs = _dry_run_stages(tmp_path, "cub-quick")
     assert sorted(runs) == ["cub-resnet50-rs_at_k", "cub-resnet50-rs_at_k-tcm"]

@@ -172,6 +172,7 @@ def test_missing_and_partial_runs_are_shown_never_filled_in(tmp_path: Path) -> N
     assert (claims["seeds per comparison"] == "2").all()
 
 
+@pytest.mark.slow
 def test_one_seed_gives_no_intervals_and_does_not_crash(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path, [0])
     populate(cfg, dict.fromkeys(RUNS, [0]))
@@ -222,6 +223,7 @@ class FakeTracker:
         self.stages.append((run_id, stage))
 
 
+@pytest.mark.slow
 def test_run_writes_tables_figures_metrics_and_readme(full: Config) -> None:
     reports = full.path(full.paths.reports)
     (reports / "notebooks").mkdir(parents=True)
@@ -285,6 +287,7 @@ class NoTracker:
     enabled = False
 
 
+@pytest.mark.slow
 def test_recall_changes_are_in_percentage_points_everywhere(full: Config) -> None:
     written = report.run(full, tracker=NoTracker())
     reports = full.path(full.paths.reports)
@@ -302,6 +305,7 @@ def test_recall_changes_are_in_percentage_points_everywhere(full: Config) -> Non
     assert "percentage points" in readme and "OPIS change %" in readme
 
 
+@pytest.mark.slow
 def test_per_seed_figure_is_written_and_listed(full: Config) -> None:
     written = report.run(full, tracker=NoTracker())
     png = full.path(full.paths.reports) / "figures/per_seed.png"
@@ -393,6 +397,7 @@ def boot_and_medians(cfg: Config, runs: dict[str, dict[int, dict]] | None = None
             write_seed(cfg, run, s, r1, OPIS[run][s], **extra)
 
 
+@pytest.mark.slow
 def test_precision_columns_of_each_comparison(full: Config) -> None:
     boot_and_medians(full)
     per_seed, summary, cmp = tables(full)
@@ -422,6 +427,7 @@ def test_precision_columns_of_each_comparison(full: Config) -> None:
             "collapsed because"} <= set(runs_per_seed.columns)
 
 
+@pytest.mark.slow
 def test_collapsed_seeds_are_marked_and_left_out_of_the_claims(full: Config) -> None:
     # PA without TCM, seed 2: negative pairs bunched near 1. MS with TCM, seed 1: R@1 6 pp below MS's
     # seed 1 (0.82 -> 0.76). Boundaries not collapsed: a median just below 0.9, a drop of exactly 5 pp.
@@ -471,6 +477,7 @@ def test_chance_level_and_collapse_are_judged_per_seed(full: Config) -> None:
     assert seeds[("digits-ms-tcm", 0)] == "yes" and set(cmp["learned"]) == {"yes"}
 
 
+@pytest.mark.slow
 def test_purpose_statement_for_data_the_package_makes(full: Config, tmp_path: Path) -> None:
     from types import SimpleNamespace as S
 

@@ -158,6 +158,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_ddp_ranks_share_rank_zeros_epoch(tmp_path) -> None:
     script = tmp_path / "ranks.py"
     script.write_text(DDP_SCRIPT)
@@ -199,6 +200,7 @@ def test_loader_notes_classes_never_drawn_and_refuses_an_empty_epoch(tmp_path, d
         train.make_loader(Labels(labels_of([9, 3, 3, 4])), run, "r", torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_rsk_training_runs_and_resumes_bit_identically(tmp_path, digits_dir, monkeypatch, capsys) -> None:  # noqa: F811
     # batch 200 = the 5 digits x 40: each epoch is floor(smallest class / 40) steps of 200 images.
     kw = dict(epochs=2, batch_size=200, m_per_class=40, sampler="rsk")

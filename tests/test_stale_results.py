@@ -22,6 +22,7 @@ def _report(capsys: pytest.CaptureFixture, path: Path, reports: Path) -> tuple[p
     return (pd.read_csv(reports / "tables/runs.csv"), pd.read_csv(reports / "tables/runs_per_seed.csv"), err)
 
 
+@pytest.mark.slow
 def test_report_leaves_out_results_of_another_training_or_other_settings(tmp_path, capsys, digits_dir) -> None:  # noqa: F811
     path = write_params(tmp_path / "params.yaml", params_for(tmp_path, digits_dir, epochs=1))
     reports = tmp_path / "reports"

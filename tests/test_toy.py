@@ -27,6 +27,7 @@ def test_closed_set_split_holds_out_images_of_every_class(tmp_path) -> None:
     assert share.between(0.28, 0.32).all() and not set(train.path) & set(test.path)
 
 
+@pytest.mark.slow
 def test_closed_set_is_recorded_and_open_world_stays_enforced(tmp_path) -> None:
     prepare(DatasetConfig(source="sklearn_digits", closed_set_test_share=0.3), tmp_path / "c")
     assert '"closed_set": true' in (tmp_path / "c/dataset.json").read_text()

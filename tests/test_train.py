@@ -267,6 +267,7 @@ def test_finished_run_is_trained_again_with_a_notice(tmp_path, digits_dir, capsy
     pd.testing.assert_frame_equal(first.history[cols], again.history[cols], check_exact=True)  # same machine
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_bit_identically_and_keeps_finished_seeds(tmp_path, digits_dir, monkeypatch,
                                                                          capsys) -> None:
     whole_dir, cut_dir = tmp_path / "whole", tmp_path / "cut"
@@ -331,6 +332,7 @@ def test_checkpoint_of_another_model_structure_starts_afresh(tmp_path, digits_di
     assert checkpoint_of(tmp_path)["model"]["head.weight"].shape[0] == 32
 
 
+@pytest.mark.slow
 def test_checkpoint_that_does_not_load_starts_afresh(tmp_path, digits_dir, monkeypatch, capsys) -> None:
     cfg = config_for(tmp_path, digits_dir, epochs=2)
     path = tmp_path / "runs/r/train/seed-0/checkpoint.pt"

@@ -13,6 +13,7 @@ from conftest import write_params
 from test_train import digits_dir, params_for  # noqa: F401  (fixture)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss,chunk_size", [("proxy_anchor", None), ("rs_at_k", 8)])
 def test_tcm_train_under_torchrun_with_two_processes(tmp_path, digits_dir, loss, chunk_size) -> None:  # noqa: F811
     # proxy_anchor: the proxies live outside DDP, their gradients are averaged by hand;

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 from conftest import write_params
 from test_train import digits_dir, params_for  # noqa: F401  (fixture)
@@ -30,6 +31,7 @@ def _finish(proc: subprocess.Popen) -> str:
     return out
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_bit_identically_and_continues_its_mlflow_run(tmp_path, digits_dir) -> None:  # noqa: F811
     # 4 batches of 80 per epoch: long enough to kill the run in its second epoch.
     overrides = dict(epochs=EPOCHS, mlflow=True, samples_per_epoch=320)
