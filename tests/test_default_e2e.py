@@ -48,3 +48,22 @@ def test_a_pretrain_setting_reruns_pretrain_and_downstream_only(glyphs_project: 
         assert "pretrain@glyphs" in status and "train@glyphs-ms" in status and "train@glyphs-ms-tcm" in status
     finally:
         write_params(glyphs_project / "params.yaml", tiny_glyphs_params())
+
+
+def test_an_augmentation_setting_leaves_the_data_stage_alone(glyphs_project: Path) -> None:
+    """crop_scale is read by pretraining and training, never by the data stage (config.TRAINING_ONLY_KEYS);
+    a generator setting re-runs the data stage."""
+    def after_validate(params: dict) -> dict:
+        write_params(glyphs_project / "params.yaml", params)
+        run_command(["dvc", "repro", "-s", "validate"], glyphs_project)
+        return json.loads(run_command(["dvc", "status", "--json"], glyphs_project).stdout or "{}")
+
+    params = tiny_glyphs_params()
+    params["datasets"]["glyphs"]["crop_scale"] = [0.5, 1.0]
+    try:
+        status = after_validate(params)
+        assert "data@glyphs" not in status and "pretrain@glyphs" in status and "train@glyphs-ms" in status
+        params["datasets"]["glyphs"]["glyphs"]["per_class"] += 1
+        assert "data@glyphs" in after_validate(params)
+    finally:
+        assert after_validate(tiny_glyphs_params()) == {}

@@ -689,6 +689,18 @@ def resolved_run(cfg: Config, name: str) -> dict[str, Any]:
     }
 
 
+# Settings of a data set that say how training and pretraining use its images, which the data stage
+# never reads: an edit to them re-runs training, not `tcm data prepare` (the data stage depends on
+# data_settings() only, written by the validate stage; tests/test_data_settings.py holds that the
+# prepared files do not change with them).
+TRAINING_ONLY_KEYS = ("image_size", "resize", "crop_scale", "hflip", "pretrain")
+
+
+def data_settings(dataset: DatasetConfig) -> dict[str, Any]:
+    """What the data stage prepares a data set from: its settings less :data:`TRAINING_ONLY_KEYS`."""
+    return dataset.model_dump(mode="json", exclude=set(TRAINING_ONLY_KEYS))
+
+
 def training_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """The part of a :func:`resolved_run` that training depends on (all but ``evaluation``): what a
     checkpoint must match to be resumed or evaluated."""

@@ -49,12 +49,23 @@ def cmd_check_params(args: argparse.Namespace) -> int:
     from tcm.profiles import load_params
 
     # A profile (profiles/NAME.yaml, possibly a matrix over configs/recipes.yaml) is checked as it would render.
-    check_batches(load_params(args.params), args.params)
+    cfg = load_params(args.params)
+    check_batches(cfg, args.params)
+    from tcm.atomic import write_json, write_text
+
     if args.stamp:
         # A constant stamp: downstream stages depend on it without depending on any value.
-        from tcm.atomic import write_text
-
         write_text(args.stamp, "params.yaml validated\n")
+    if args.data_settings:
+        # One file per data set with what its data stage reads (config.data_settings): the data stage
+        # depends on it instead of all of datasets.<name>, so augmentation edits do not re-prepare data.
+        from tcm.config import data_settings
+
+        folder = Path(args.data_settings)
+        for name, dataset in cfg.datasets.items():
+            write_json(folder / f"{name}.json", data_settings(dataset))
+        for old in set(folder.glob("*.json")) - {folder / f"{name}.json" for name in cfg.datasets}:
+            old.unlink()  # a data set no longer in params.yaml
     print(f"{args.params}: ok")
     return 0
 
@@ -200,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-params", help="validate params.yaml")
     _params_arg(p)
     p.add_argument("--stamp", help="write this file when the params are valid (for DVC)")
+    p.add_argument("--data-settings", metavar="DIR",
+                   help="write DIR/<dataset>.json: the settings each data stage reads (for DVC)")
     p.set_defaults(func=cmd_check_params)
 
     data = sub.add_parser("data", help="data sets").add_subparsers(dest="data_command", required=True)
