@@ -20,6 +20,7 @@ from conftest import E2E_SEEDS as SEEDS
 from conftest import copy_project, run_command, tiny_params, write_params
 
 from tcm.cli import main
+from tcm.cli.parallel import check_dvc_internals
 
 STAGES = {"validate", "data@digits", "pretrain@digits", *(f"{s}@{r}" for s in ("train", "evaluate") for r in RUNS),
           "report"}
@@ -58,6 +59,23 @@ def sequential(project: Path, tmp_path_factory) -> Path:
     run_command(["dvc", "repro"], dest)
     return dest
 
+
+
+def test_the_dvc_internals_it_uses_are_there_and_a_missing_one_is_named(monkeypatch, capsys) -> None:
+    """tcm parallel uses DVC internals (parallel.DVC_INTERNALS): a DVC release that drops or changes one
+    fails here, and `tcm parallel` itself stops in one line naming it before any work."""
+    check_dvc_internals()  # the installed DVC has every one
+    from dvc.stage import Stage
+
+    def remove_outs(self, ignore_remove=False):  # a DVC whose remove_outs lost its `force` keyword
+        return None
+
+    monkeypatch.setattr(Stage, "remove_outs", remove_outs)
+    monkeypatch.delattr("dvc.repo.lock_repo")
+    assert main(["parallel", "--jobs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "tested with DVC 3.67.1" in err
+    assert "dvc.stage.Stage.remove_outs(force=)" in err and "dvc.repo.lock_repo" in err
 
 @pytest.mark.e2e
 def test_parallel_trains_each_stage_once_and_repro_finds_them_up_to_date(parallel) -> None:

@@ -45,6 +45,18 @@ What DVC documents, and why it is done this way:
   ``Stage.remove_outs`` is called.
 
 One run across several GPUs stays ``torchrun --nproc_per_node N -m tcm.cli train RUN``.
+
+DVC's internals this module uses (:data:`DVC_INTERNALS`; DVC has no public API for a stage's resolved
+command, its dependencies' hashes, or its output removal). Tested with DVC 3.67.1; pyproject allows
+``dvc>=3.50,<4``. :func:`check_dvc_internals` runs before any work and names what a DVC release
+changed, and tests/test_parallel.py runs it in the fast tier:
+
+- ``dvc.repo.Repo`` (``find_root``, ``stage.collect``, ``index.graph``) and ``dvc.repo.lock_repo`` with
+  ``dvc.lock.LockError``: the project, its stages and their order, under DVC's own lock;
+- ``dvc.stage.Stage.remove_outs(ignore_remove=, force=)``: what ``dvc repro`` removes before a command;
+- ``dvc.dependency.param.ParamsDependency`` (``read_params``, ``params``) and each dependency's
+  ``def_path``, ``get_hash()`` and ``hash_info``: what a stage's outputs must belong to (snapshot, locked).
+Everything else goes through the ``dvc`` command line (``status``, ``repro``, ``commit``).
 """
 
 from __future__ import annotations
@@ -64,6 +76,20 @@ from typing import Any, Iterator
 from tcm.errors import TcmError
 
 TRAIN = "train"  # the foreach group of dvc.yaml whose stages run side by side
+# (module, attribute path, keyword arguments it must accept): DVC internals used here (module docstring).
+# Instance attributes (Repo.stage, a StageLoad; Output.def_path, .hash_info) cannot be looked up on the
+# class: the e2e tests of tests/test_parallel.py exercise them.
+DVC_INTERNALS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("dvc.repo", "Repo.find_root", ()),
+    ("dvc.repo", "Repo.index", ()),
+    ("dvc.repo", "lock_repo", ()),
+    ("dvc.lock", "LockError", ()),
+    ("dvc.exceptions", "NotDvcRepoError", ()),
+    ("dvc.stage", "Stage.remove_outs", ("ignore_remove", "force")),
+    ("dvc.repo.stage", "StageLoad.collect", ()),
+    ("dvc.dependency.param", "ParamsDependency.read_params", ()),
+    ("dvc.output", "Output.get_hash", ()),
+)
 LOCK_WAIT_S = 600  # how long to wait while another DVC process holds the repository lock
 MISSING = "<missing>"
 
@@ -357,6 +383,29 @@ def _slots(gpus: list[str] | None, jobs: int | None) -> list[str | None]:
     return list(ids)
 
 
+def check_dvc_internals() -> None:
+    """Raise :class:`ParallelError` naming each of :data:`DVC_INTERNALS` that the installed DVC lacks."""
+    import importlib
+    import inspect
+
+    from dvc.version import __version__
+
+    missing = []
+    for module, path, keywords in DVC_INTERNALS:
+        try:
+            obj: Any = importlib.import_module(module)
+            for part in path.split("."):
+                obj = inspect.getattr_static(obj, part)
+            if keywords:
+                accepted = inspect.signature(obj).parameters
+                missing += [f"{module}.{path}({k}=)" for k in keywords if k not in accepted]
+        except (ImportError, AttributeError):
+            missing.append(f"{module}.{path}")
+    if missing:
+        raise ParallelError(f"parallel: DVC {__version__} lacks {', '.join(missing)}, which `tcm parallel` uses "
+                            "(tested with DVC 3.67.1); install that version, or run `dvc repro` instead")
+
+
 def _project_root() -> Path:
     from dvc.exceptions import NotDvcRepoError
     from dvc.repo import Repo
@@ -397,6 +446,7 @@ def run(args: Any) -> int:
     from tcm.locks import exclusive
 
     slots = _slots(args.gpus, args.jobs)
+    check_dvc_internals()
     root = _project_root()
     params = args.params or str(root / "params.yaml")  # DVC's params file, wherever this runs from
     check_batches(load_config(params), params)
