@@ -153,6 +153,7 @@ def test_describe_needs_no_heavy_imports(tmp_path) -> None:
     assert out[1] == "[]"
     assert describe(Path("notebooks/02_train.ipynb"), {"params_path": str(tmp_path / "missing.yaml")}) == \
         "tcm: train: running notebooks/02_train.ipynb"
+    assert describe(Path("notebooks/explore_run.ipynb"), {}) is None  # no stage's notebook: no line
 
 
 def test_notebook_html_gives_every_image_alt_text(tmp_path, capfd, caplog) -> None:

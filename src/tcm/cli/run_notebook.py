@@ -1,8 +1,9 @@
 """`tcm notebook IN OUT -p NAME VALUE ...`: run a stage notebook with papermill, as dvc.yaml does.
 
 Things plain `papermill` does not do for a pipeline stage:
-- a first line says what the stage does (``tcm: train glyphs-ms: 5 seeds x 8 epochs, device auto``), before
-  papermill, the kernel and torch are loaded;
+- a first line says what a stage notebook (notebooks/NN_<stage>.ipynb) does
+  (``tcm: train glyphs-ms: 5 seeds (0, 1, 2, 3, 4) x 8 epochs, device auto``), before papermill, the
+  kernel and torch are loaded;
 - the kernel's stderr (one line per epoch, progress lines naming run and seed: tcm.progress) streams
   to the terminal while the cell runs (papermill writes each stream message as it arrives);
 - the kernel talks to this process over IPC (Unix sockets in a private temporary folder), not TCP:
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import os
 import pkgutil
 import signal
@@ -199,10 +201,16 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def describe(source: Path, parameters: dict[str, str]) -> str:
+STAGES = ("data", "pretrain", "train", "evaluate", "report")  # notebooks/NN_<stage>.ipynb
+
+
+def describe(source: Path, parameters: dict[str, str]) -> str | None:
     """One line on what the stage notebook ``source`` will do with ``parameters`` (read from the params
-    file only: nothing heavy is imported). Any trouble with the params is left to the notebook to report."""
-    stem = source.stem.split("_", 1)[-1]
+    file only: nothing heavy is imported), or None for a notebook that is no stage's (explore_run).
+    Any trouble with the params is left to the notebook to report."""
+    number, _, stem = source.stem.partition("_")
+    if not (number.isdigit() and stem in STAGES):
+        return None
     what = f"tcm: {stem}"
     try:
         from tcm.config import load_config
@@ -252,7 +260,10 @@ def _ipc_kernel_manager(folder: Path) -> type:
 def run_notebook(source: Path, output: Path, parameters: dict[str, str]) -> int:
     """Execute ``source`` into ``output`` with ``parameters``; 0, or 2 after a user error or an
     interrupt (one line on stderr)."""
-    print(describe(source, parameters), file=sys.stderr, flush=True)
+    if importlib.util.find_spec("papermill") is not None:  # else the import below says what to install
+        line = describe(source, parameters)
+        if line is not None:
+            print(line, file=sys.stderr, flush=True)
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
