@@ -133,8 +133,8 @@ def test_progress_prints_plain_lines_where_stderr_is_no_terminal(monkeypatch) ->
     for i in bar:
         bar.set_postfix(loss=f"{i / 10:.4f}", img_s="812")
     # a line per step but the last (the epoch's own summary line follows it)
-    assert err.getvalue().splitlines() == ["r seed 1 epoch 2/5: step 1/3, loss 0.0000, img/s 812",
-                                           "r seed 1 epoch 2/5: step 2/3, loss 0.1000, img/s 812"]
+    assert err.getvalue().splitlines() == ["r seed 1 epoch 2/5: step 1/3, loss 0.0000, 812 img/s",
+                                           "r seed 1 epoch 2/5: step 2/3, loss 0.1000, 812 img/s"]
     err.truncate(0)
     assert list(Progress(range(3), "x", enabled=False)) == [0, 1, 2] and err.getvalue() == ""
     monkeypatch.setenv("TCM_PROGRESS_SECONDS", "3600")

@@ -3,7 +3,7 @@
 A stage notebook's kernel writes to a captured stream (papermill passes it on to the terminal of
 `dvc repro`), where a bar's carriage returns show nothing useful, so there (and whenever stderr is
 not a terminal: a log file, a pipe) the loop prints one line every ``TCM_PROGRESS_SECONDS`` seconds
-(default 10), e.g. ``glyphs-ms seed 2 epoch 3/8: step 40/120, loss 0.4123, img/s 812``.
+(default 10), e.g. ``glyphs-ms seed 2 epoch 3/8: step 40/120, loss 0.4123, 812 img/s``.
 The label names what runs (run and seed): several stages may write to the same terminal.
 """
 
@@ -64,7 +64,9 @@ class Progress:
 
     def line(self) -> str:
         count = f"{self.unit} {self.n}/{self.total}" if self.total else f"{self.unit} {self.n}"
-        extra = "".join(f", {k.replace('_', '/')} {v}" for k, v in self.postfix.items())
+        # a rate (img_s: 812) reads as "812 img/s", anything else as "loss 0.4123"
+        extra = "".join(f", {v} {k.replace('_', '/')}" if k.endswith("_s") else f", {k} {v}"
+                        for k, v in self.postfix.items())
         return f"{self.desc}: {count}{extra}"
 
     def __iter__(self) -> Iterator[T]:
