@@ -244,8 +244,12 @@ def describe(source: Path, parameters: dict[str, str]) -> str | None:
     return f"{what}: running {source}"
 
 
-def _ipc_kernel_manager(folder: Path) -> type:
-    """A kernel manager class whose kernels listen on Unix sockets in ``folder``."""
+def _ipc_kernel_manager(folder: Path) -> dict:
+    """papermill's keyword for a kernel manager whose kernels listen on Unix sockets in ``folder``; none
+    (TCP, jupyter_client's default) where those cannot be: not POSIX, or a socket path past the
+    length a Unix socket allows (a long TMPDIR)."""
+    if os.name != "posix" or len(str(folder / "kernel-00000")) > 100:
+        return {}
     from jupyter_client.manager import AsyncKernelManager
 
     class IpcKernelManager(AsyncKernelManager):
@@ -254,7 +258,7 @@ def _ipc_kernel_manager(folder: Path) -> type:
             kw.setdefault("ip", str(folder / "kernel"))
             super().__init__(**kw)
 
-    return IpcKernelManager
+    return {"kernel_manager_class": IpcKernelManager}
 
 
 def run_notebook(source: Path, output: Path, parameters: dict[str, str]) -> int:
@@ -273,7 +277,7 @@ def run_notebook(source: Path, output: Path, parameters: dict[str, str]) -> int:
             # their last state, instead of one output per update.
             papermill.execute_notebook(str(source), str(output), parameters=parameters, kernel_name=KERNEL,
                                        progress_bar=False, stderr_file=sys.stderr, cwd=None, coalesce_streams=True,
-                                       kernel_manager_class=_ipc_kernel_manager(Path(sockets)))
+                                       **_ipc_kernel_manager(Path(sockets)))
         except PapermillExecutionError as e:
             if e.ename in user_error_names():
                 print(f"\ntcm: error: {e.evalue} (the executed notebook {output} has the details)", file=sys.stderr)
