@@ -393,7 +393,8 @@ def test_ctrl_c_in_the_train_stage_notebook_stops_the_kernel_with_one_line(tmp_p
         _, err = proc.communicate(timeout=300)
     finally:
         proc.kill()
-    lines = [line for line in err.splitlines() if line.startswith("tcm")]
+    # the stage's first line says what it does ("tcm: train r: ..."); then one line for the interrupt
+    lines = [line for line in err.splitlines() if line.startswith("tcm") and not line.startswith("tcm: train r:")]
     assert proc.returncode == 2 and len(lines) == 1, err
     assert "Traceback" not in err and "ZMQError" not in err, err
     assert "interrupted: run r seed 0 kept at epoch" in lines[0], err

@@ -17,6 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = {
     # foundations: no tcm imports but each other
     "tcm": 0, "tcm.errors": 0, "tcm.atomic": 0, "tcm.runfiles": 0, "tcm.stats": 0, "tcm.fingerprint": 0,
+    "tcm.progress": 0,
     "tcm.config": 1,
     # shared pieces
     "tcm.data": 2, "tcm.models": 2, "tcm.losses": 2, "tcm.metrics": 2, "tcm.device": 2, "tcm.checkpoint": 2,

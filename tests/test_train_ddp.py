@@ -30,7 +30,7 @@ def test_tcm_train_under_torchrun_with_two_processes(tmp_path, digits_dir, loss,
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout + proc.stderr
     assert out.count("trained r: seeds [0], 2 epochs each") == 2  # both ranks finish
-    assert out.count("r epoch 1/2: loss") == 1  # only rank 0 reports
+    assert out.count("r seed 0 epoch 1/2: loss") == 1  # only rank 0 reports
     state = torch.load(tmp_path / "runs/r/train/seed-0/checkpoint.pt", weights_only=True)
     assert state["world_size"] == 2 and state["epoch"] == 2
     history = pd.read_csv(tmp_path / "runs/r/history.csv")

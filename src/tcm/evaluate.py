@@ -106,13 +106,13 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
     per_seed: dict[int, dict] = {}
     for seed, (model, state) in states.items():
         emb = embed(model.to(device), pipeline, cfg.evaluation.batch_size, device, progress,
-                    cfg.evaluation.num_workers)
+                    cfg.evaluation.num_workers, label=f"{name} seed {seed}")
         ev, o = cfg.evaluation, cfg.evaluation.opis  # params.yaml's names are evaluate_embeddings' keywords
         result = evaluate_embeddings(emb, dataset.labels, recall_k=recall_k, beta=o.beta, far_range=o.far_range,
                                      n_thresholds=o.n_thresholds, eps=o.eps, class_weighting=o.class_weighting,
                                      resolution=o.resolution, chunk_size=ev.chunk_size, device=ev.device,
                                      target_far=ev.target_far, worst_share=ev.worst_share, progress=progress,
-                                     bootstrap=ev.bootstrap.model_dump())
+                                     bootstrap=ev.bootstrap.model_dump(), label=f"{name} seed {seed}")
         metrics, curves = result.metrics, result.curves
         # The embeddings first: a crash before the seed folder is replaced leaves the old results, whose
         # record then still names the checkpoint they came from.

@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from tcm.atomic import write_json
 from tcm.config import Config, PretrainConfig
@@ -34,6 +33,7 @@ from tcm.data.manifest import PRETRAIN, DataError
 from tcm.data.transforms import normalize
 from tcm.device import environment, pick_device
 from tcm.models import BACKBONES
+from tcm.progress import Progress
 
 WEIGHTS = "backbone.pt"
 INFO = "info.json"
@@ -59,8 +59,7 @@ def train_backbone(p: PretrainConfig, loader: DataLoader, n_classes: int, device
         _seed(p.seed * 100_003 + epoch)  # each epoch's batches depend on the seed and epoch alone
         model.train()
         total, correct, seen, t0 = 0.0, 0, 0, time.perf_counter()
-        for x, y in tqdm(loader, desc=f"{label} epoch {epoch}/{p.epochs}", disable=not progress, leave=False,
-                         file=sys.stderr, mininterval=1.0):
+        for x, y in Progress(loader, f"{label} epoch {epoch}/{p.epochs}", enabled=progress):
             x, y = x.to(device), y.to(device)
             logits = model(normalize(x))
             loss = F.cross_entropy(logits, y)

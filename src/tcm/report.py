@@ -709,14 +709,29 @@ def top_metrics(summary: pd.DataFrame) -> dict:
     return out
 
 
+# nbconvert's template gives images no alt text (and warns once per notebook): an image's own
+# (IPython's Image(alt=...)) or a line naming the cell that drew it.
+_ALT_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- macro with_alt(html, output, cell, mime) -%}
+{%- set alt = output.metadata.get(mime, {}).get('alt')
+    or 'figure drawn by the cell: ' ~ (cell.source.splitlines()[:1] | join('')) -%}
+{{ html | replace('<img src=', '<img alt="' ~ (alt | escape_html) ~ '" src=', 1) }}
+{%- endmacro -%}
+{% block data_png scoped %}{{ with_alt(super(), output, cell, 'image/png') }}{% endblock data_png %}
+{% block data_jpg scoped %}{{ with_alt(super(), output, cell, 'image/jpeg') }}{% endblock data_jpg %}
+"""
+
+
 def notebook_html(notebook: Path, out_dir: Path) -> Path | None:
     """An HTML render of an executed notebook (what the MLflow UI can show), or None if it is missing."""
     if not notebook.is_file():
         return None
     import nbformat
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
-    html, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+    exporter = HTMLExporter(extra_loaders=[DictLoader({"tcm.html.j2": _ALT_TEMPLATE})], template_file="tcm.html.j2")
+    html, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
     out = out_dir / notebook.with_suffix(".html").name
     write_text(out, html)
     return out

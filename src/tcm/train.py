@@ -46,7 +46,6 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from tcm.atomic import WriteError, atomic_path, free_bytes, refused_write, write_error, write_json
 from tcm.checkpoint import file_size_limit, read_checkpoint, save_checkpoint, state_bytes
@@ -62,6 +61,7 @@ from tcm.locks import exclusive
 from tcm.losses import Criterion, build_criterion
 from tcm.losses.margins import quantile_margins, ramp
 from tcm.models import build_model, structure_signature
+from tcm.progress import Progress
 from tcm.runfiles import CheckpointError, RunDir
 from tcm.samplers import RskSampler
 from tcm.tracking import Tracker
@@ -1005,7 +1005,7 @@ def _epochs(a: _Attempt, seed: int, parts: _Parts, model: nn.Module, raw_model: 
         a.run_cfg, a.name, a.run_dir, a.loader, a.device, a.d, a.tracker)
     t = run_cfg.train
     ckpt = run_dir.checkpoint(seed)
-    label = f"{name} seed {seed}" if len(t.seeds) > 1 else name
+    label = f"{name} seed {seed}"
     channels_last = device.type == "cuda" and t.channels_last
     for epoch in range(start_epoch, t.epochs + 1):
         # Seeding per epoch makes a resumed run draw exactly the batches an uninterrupted one would.
@@ -1016,8 +1016,7 @@ def _epochs(a: _Attempt, seed: int, parts: _Parts, model: nn.Module, raw_model: 
         model.train()
         frozen = backbone_params if epoch <= t.warmup_epochs else ()
         meter, seen, t0, step = LossMeter(device), 0, time.perf_counter(), 0
-        bar = tqdm(loader, desc=f"{label} epoch {epoch}/{t.epochs}", disable=not (a.progress and d.main),
-                   file=sys.stderr, leave=False, mininterval=1.0)
+        bar = Progress(loader, f"{label} epoch {epoch}/{t.epochs}", enabled=a.progress and d.main)
         for step, (x, y) in enumerate(bar, start=1):
             x = a.pipeline.to_model(x, device, channels_last)
             y = y.to(device, non_blocking=True)

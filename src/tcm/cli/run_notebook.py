@@ -1,7 +1,13 @@
 """`tcm notebook IN OUT -p NAME VALUE ...`: run a stage notebook with papermill, as dvc.yaml does.
 
 Things plain `papermill` does not do for a pipeline stage:
-- the kernel's stderr (one line per epoch, progress) streams to the terminal while the cell runs;
+- a first line says what a stage notebook (notebooks/NN_<stage>.ipynb) does
+  (``tcm: train glyphs-ms: 5 seeds (0, 1, 2, 3, 4) x 8 epochs, device auto``), before papermill, the
+  kernel and torch are loaded;
+- the kernel's stderr (one line per epoch, progress lines naming run and seed: tcm.progress) streams
+  to the terminal while the cell runs (papermill writes each stream message as it arrives);
+- the kernel talks to this process over IPC (Unix sockets in a private temporary folder), not TCP:
+  no port to race for between parallel stages, and no "Kernel is running over TCP" warning;
 - the executed copy keeps one stream output per cell (not one per progress update);
 - an error the user can fix (a :class:`tcm.errors.TcmError` raised in the notebook: bad data, a
   diverged run, a locked run folder) ends the stage with that one line and exit 2, not with
@@ -18,10 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import os
 import pkgutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -186,18 +194,90 @@ def _stop_handling(source: Path) -> Iterator[_Stopper]:
             signal.signal(s, h)
 
 
+# --------------------------------------------------------------------------- what the stage does
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+STAGES = ("data", "pretrain", "train", "evaluate", "report")  # notebooks/NN_<stage>.ipynb
+
+
+def describe(source: Path, parameters: dict[str, str]) -> str | None:
+    """One line on what the stage notebook ``source`` will do with ``parameters`` (read from the params
+    file only: nothing heavy is imported), or None for a notebook that is no stage's (explore_run).
+    Any trouble with the params is left to the notebook to report."""
+    number, _, stem = source.stem.partition("_")
+    if not (number.isdigit() and stem in STAGES):
+        return None
+    what = f"tcm: {stem}"
+    try:
+        from tcm.config import load_config
+
+        cfg = load_config(parameters.get("params_path", "params.yaml"))
+        if stem == "train":
+            name = parameters.get("run", "")
+            t = cfg.run(name).train
+            seeds = ", ".join(map(str, t.seeds))
+            return (f"{what} {name}: {_plural(len(t.seeds), 'seed')} ({seeds}) x {_plural(t.epochs, 'epoch')}, "
+                    f"device {t.device} (run folder {cfg.run_dir(name).root})")
+        if stem == "evaluate":
+            name = parameters.get("run", "")
+            run = cfg.run(name)
+            return (f"{what} {name}: {_plural(len(run.train.seeds), 'seed')} on the test split of {run.dataset}, "
+                    f"device {cfg.evaluation.device}")
+        if stem == "pretrain":
+            name = parameters.get("dataset", "")
+            p = cfg.dataset(name).pretrain
+            if p is None:
+                return f"{what} {name}: nothing to pretrain (a note only)"
+            return f"{what} {name}: backbone {p.backbone}, {_plural(p.epochs, 'epoch')}"
+        if stem == "data":
+            name = parameters.get("dataset", "")
+            cfg.dataset(name)
+            return f"{what} {name}: preparing {cfg.data_dir(name)}"
+        if stem == "report":
+            return f"{what}: tables and figures of {_plural(len(cfg.runs), 'run')}"
+    except Exception:  # noqa: BLE001 - the notebook reports a bad params file in its own words
+        pass
+    return f"{what}: running {source}"
+
+
+def _ipc_kernel_manager(folder: Path) -> dict:
+    """papermill's keyword for a kernel manager whose kernels listen on Unix sockets in ``folder``; none
+    (TCP, jupyter_client's default) where those cannot be: not POSIX, or a socket path past the
+    length a Unix socket allows (a long TMPDIR)."""
+    if os.name != "posix" or len(str(folder / "kernel-00000")) > 100:
+        return {}
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IpcKernelManager(AsyncKernelManager):
+        def __init__(self, **kw: object) -> None:
+            kw.setdefault("transport", "ipc")
+            kw.setdefault("ip", str(folder / "kernel"))
+            super().__init__(**kw)
+
+    return {"kernel_manager_class": IpcKernelManager}
+
+
 def run_notebook(source: Path, output: Path, parameters: dict[str, str]) -> int:
     """Execute ``source`` into ``output`` with ``parameters``; 0, or 2 after a user error or an
     interrupt (one line on stderr)."""
+    if importlib.util.find_spec("papermill") is not None:  # else the import below says what to install
+        line = describe(source, parameters)
+        if line is not None:
+            print(line, file=sys.stderr, flush=True)
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    with _stop_handling(source) as stopper:
+    with _stop_handling(source) as stopper, tempfile.TemporaryDirectory(prefix="tcm-kernel-") as sockets:
         try:
             # coalesce_streams: one stderr output per cell in the executed copy, progress bars reduced to
             # their last state, instead of one output per update.
             papermill.execute_notebook(str(source), str(output), parameters=parameters, kernel_name=KERNEL,
-                                       progress_bar=False, stderr_file=sys.stderr, cwd=None, coalesce_streams=True)
+                                       progress_bar=False, stderr_file=sys.stderr, cwd=None, coalesce_streams=True,
+                                       **_ipc_kernel_manager(Path(sockets)))
         except PapermillExecutionError as e:
             if e.ename in user_error_names():
                 print(f"\ntcm: error: {e.evalue} (the executed notebook {output} has the details)", file=sys.stderr)

@@ -32,15 +32,14 @@ The query itself is excluded (its similarity is set to -inf).
 
 from __future__ import annotations
 
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from tcm.metrics.histograms import ClassHistograms, Grid
+from tcm.progress import Progress
 
 # Positive pairs gathered at once; bounds the index tensors when classes are huge.
 MAX_PAIRS_PER_STEP = 1 << 23
@@ -222,8 +221,7 @@ def scan(x: torch.Tensor, lab: Labels, grid: Grid, recall_k: list[int] | None, c
     xt = x.T
     starts = range(0, len(queries), chunk)
     try:
-        for a in tqdm(starts, desc=desc, disable=not progress, file=sys.stderr, leave=False, mininterval=1.0,
-                      unit="chunk"):
+        for a in Progress(starts, desc, enabled=progress, unit="chunk"):
             q_np, q = queries[a:a + chunk], queries_t[a:a + chunk]
             m = len(q)
             s = s_buf[:m]

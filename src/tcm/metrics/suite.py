@@ -85,7 +85,7 @@ def evaluate_embeddings(embeddings: np.ndarray, labels: np.ndarray, *, recall_k:
                         worst_share: float = 0.05, progress: bool = False, assume_normalized: bool = False,
                         retrieval: bool = True, threshold_metrics: bool = True,
                         window: tuple[float, float] | None = None, pilot_rows: int = 1024,
-                        bootstrap: Mapping[str, int] = BOOTSTRAP) -> Evaluation:
+                        bootstrap: Mapping[str, int] = BOOTSTRAP, label: str = "") -> Evaluation:
     """Recall@k, MAP@R, R-precision, OPIS, eps-OPIS, the utility curves and the threshold report
     of (N, d) ``embeddings`` with (N,) integer ``labels`` under cosine similarity.
 
@@ -98,6 +98,7 @@ def evaluate_embeddings(embeddings: np.ndarray, labels: np.ndarray, *, recall_k:
     ``resolution``: upper bound on the histogram bin width (coarsened by powers of two only if
     the per-class counts would pass 1 GiB; the width used is in ``settings``).
     ``assume_normalized``: take the rows as unit vectors (no L2 normalisation).
+    ``label``: what the progress lines name first (run and seed), when ``progress``.
     ``retrieval`` / ``threshold_metrics``: False skips Recall@k, MAP@R, R-precision / OPIS,
     eps-OPIS, the curves and the threshold report (and their keys).
     ``window``: force the histogram range instead of the pilot's (tests, repeat runs).
@@ -141,14 +142,15 @@ def evaluate_embeddings(embeddings: np.ndarray, labels: np.ndarray, *, recall_k:
         grid = _fit_memory(lo, hi, resolution, len(lab.sizes), budget)
     else:
         grid = Grid(exponent_for(resolution), 0, 1)  # unused: the scan needs a grid but nobody reads it
+    desc = f"{label}: similarities" if label else "similarities"
     sums, hist = scan(x, lab, grid, recall_k if retrieval else None, chunk_size, progress=progress,
-                      histograms=threshold_metrics)
+                      histograms=threshold_metrics, desc=desc)
     passes += 1
     if threshold_metrics and not hist.covers(fars):
         lo = -1.0 - grid.width if hist.pooled_far()[0] <= max(fars) else grid.edges()[0]
         hi = 1.0 + 2 * grid.width if hist.pooled_far()[-1] > min(fars) else grid.edges()[-1]
         grid = _fit_memory(lo, hi, resolution, len(lab.sizes), budget)
-        _, hist = scan(x, lab, grid, None, chunk_size, progress=progress, desc="similarities (wider window)")
+        _, hist = scan(x, lab, grid, None, chunk_size, progress=progress, desc=f"{desc} (wider window)")
         passes += 1
 
     out: dict = from_sums(sums) if retrieval else {}
