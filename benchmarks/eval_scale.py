@@ -130,9 +130,10 @@ def child(method: str, scale: str, device: str, factor: float = 1.0) -> dict:
             checksum += float(vals[:, 1].sum())
         result = {"checksum": checksum}
     elif method == "ours":
+        from tcm.config import EvaluationConfig
         from tcm.metrics import evaluate_embeddings
 
-        m = evaluate_embeddings(e, y, recall_k=ks, device=device, chunk_size=chunk).metrics
+        m = evaluate_embeddings(e, y, EvaluationConfig(recall_k=ks, device=device, chunk_size=chunk)).metrics
         result = {k: m[k] for k in ("recall_at_k", "map_at_r", "r_precision", "opis", "eps_opis")}
         result["threshold_report"] = {k: m["threshold_report"][k] for k in ("threshold", "overall_far", "overall_frr")}
         result["settings"] = {k: m["settings"][k]

@@ -13,7 +13,7 @@ import torch
 from test_metrics import continuous, dyadic
 
 from tcm.config import ConfigError, EvaluationConfig, parse_config
-from tcm.metrics import Grid, evaluate_embeddings
+from tcm.metrics import Grid, ScanOptions, evaluate_embeddings
 from tcm.metrics import bootstrap as bs
 from tcm.metrics.opis import curves_from_histograms, eps_opis, opis
 from tcm.metrics.scan import Labels, scan
@@ -52,7 +52,8 @@ def test_replicates_equal_brute_force_resampled_query_sets(weighting: str) -> No
 
 def test_one_draw_of_every_query_gives_the_evaluations_opis(monkeypatch) -> None:
     e, y = dyadic(200, 16, 5)
-    ev = evaluate_embeddings(e, y, device="cpu", assume_normalized=True, bootstrap={"resamples": 2, "seed": 0})
+    ev = evaluate_embeddings(e, y, EvaluationConfig(device="cpu", bootstrap={"resamples": 2, "seed": 0}),
+                             options=ScanOptions(assume_normalized=True))
     lab = Labels.of(y)
     monkeypatch.setattr(bs, "replicate_queries", lambda lab, r, seed: iter([np.stack([lab.order] * r)]))
     x = torch.from_numpy(e.astype(np.float32))
@@ -70,8 +71,8 @@ def _sd(n_classes: int, per_class: int) -> float:
     noise = rng.normal(size=(48, 40, 16))
     e = centres[:n_classes, None] + spread[:n_classes, None, None] * noise[:n_classes, :per_class]
     y = np.repeat(np.arange(n_classes), per_class)
-    return evaluate_embeddings(e.reshape(-1, 16), y, device="cpu", recall_k=[1],
-                               bootstrap={"resamples": 100, "seed": 0}).metrics["opis_boot_sd"]
+    cfg = EvaluationConfig(device="cpu", recall_k=[1], bootstrap={"resamples": 100, "seed": 0})
+    return evaluate_embeddings(e.reshape(-1, 16), y, cfg).metrics["opis_boot_sd"]
 
 
 def test_sd_shrinks_as_classes_and_queries_grow() -> None:
@@ -92,7 +93,7 @@ def test_replicates_off_the_window_are_counted() -> None:
 def test_pair_medians_within_half_a_bin() -> None:
     e, y = continuous(300, 12, 4)
     x = e / np.linalg.norm(e, axis=1, keepdims=True)
-    m = evaluate_embeddings(e, y, device="cpu", recall_k=[1], bootstrap={"resamples": 0}).metrics
+    m = evaluate_embeddings(e, y, EvaluationConfig(device="cpu", recall_k=[1], bootstrap={"resamples": 0})).metrics
     s = x @ x.T
     same, other = y[:, None] == y[None, :], ~np.eye(len(y), dtype=bool)
     width = m["settings"]["pair_median_resolution"]
@@ -105,13 +106,13 @@ def test_collapsed_embeddings_have_a_negative_median_near_one() -> None:
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(8), 10)
     e = np.ones((80, 8)) + 0.02 * rng.normal(size=(80, 8))  # every image in one narrow cone
-    m = evaluate_embeddings(e, y, device="cpu", recall_k=[1]).metrics
+    m = evaluate_embeddings(e, y, EvaluationConfig(device="cpu", recall_k=[1])).metrics
     assert m["neg_cos_median"] > 0.99 and m["pos_cos_median"] > 0.99
 
 
 def test_payload_with_the_default_setting_is_numbers_only() -> None:
     e, y = continuous(150, 10, 1)
-    ev = evaluate_embeddings(e, y, device="cpu")  # the default: params.yaml's (300 resamples)
+    ev = evaluate_embeddings(e, y, EvaluationConfig(device="cpu"))  # the default: params.yaml's (300 resamples)
     m = ev.metrics
     assert {"opis_boot_sd", "eps_opis_boot_sd", "neg_cos_median", "pos_cos_median"} <= set(m)
     assert all(isinstance(m[k], float) and math.isfinite(m[k]) and m[k] >= 0

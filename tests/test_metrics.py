@@ -19,7 +19,7 @@ import torch
 
 import tcm.metrics
 from tcm.config import EvaluationConfig
-from tcm.metrics import Grid, eps_opis, evaluate_embeddings, opis, utility
+from tcm.metrics import Grid, ScanOptions, eps_opis, evaluate_embeddings, opis, utility
 from tcm.metrics import scan as scan_module
 from tcm.metrics.inputs import normalise
 from tcm.metrics.scan import Labels, scan
@@ -27,15 +27,11 @@ from tcm.metrics.scan import Labels, scan
 KS = [1, 2, 4, 8, 16]
 
 
-def retrieval_metrics(e: np.ndarray, y: np.ndarray, recall_k: list[int], **settings) -> dict:
+def retrieval_metrics(e: np.ndarray, y: np.ndarray, recall_k: list[int], assume_normalized: bool = False,
+                      **settings) -> dict:
     """Recall@k, MAP@R and R-precision alone: the entry point without the threshold metrics."""
-    return evaluate_embeddings(e, y, recall_k=recall_k, threshold_metrics=False, **settings).metrics
-
-
-def metric_settings(cfg: EvaluationConfig) -> dict:
-    """params.yaml's ``evaluation`` section (``opis`` flattened, without the embedding pass's settings) as
-    ``evaluate_embeddings`` keywords: the same names."""
-    return {**cfg.model_dump(exclude={"batch_size", "num_workers", "decode", "opis"}), **cfg.opis.model_dump()}
+    options = ScanOptions(threshold_metrics=False, assume_normalized=assume_normalized)
+    return evaluate_embeddings(e, y, EvaluationConfig(recall_k=recall_k, **settings), options=options).metrics
 
 
 # ---------------------------------------------------------------- data
@@ -174,7 +170,7 @@ def test_tiny_hand_oracle():
     # nearest: a->b hit, b->d miss, c->d hit, d->b miss: R@1 = MAP@R = R-prec = 1/2; R@2 = 1.
     e = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8]])
     y = np.array([0, 0, 1, 1])
-    ev = evaluate_embeddings(e, y, recall_k=[1, 2], target_far=0.3, device="cpu")
+    ev = evaluate_embeddings(e, y, EvaluationConfig(recall_k=[1, 2], target_far=0.3, device="cpu"))
     m = ev.metrics
     assert m["recall_at_k"] == {"1": 0.5, "2": 1.0}
     assert m["map_at_r"] == 0.5 and m["r_precision"] == 0.5
@@ -191,7 +187,8 @@ def test_tiny_hand_oracle():
 @pytest.mark.parametrize("seed", [0, 1])
 def test_curves_exact_at_grid_thresholds(seed):
     e, y = dyadic(300, 25, seed, spread=8)
-    ev = evaluate_embeddings(e, y, recall_k=KS, chunk_size=37, device="cpu", assume_normalized=True, target_far=0.005)
+    ev = evaluate_embeddings(e, y, EvaluationConfig(recall_k=KS, chunk_size=37, device="cpu", target_far=0.005),
+                             options=ScanOptions(assume_normalized=True))
     c = ev.curves
     s = brute_sims(e, True)
     b = brute_curves(s, y, c.thresholds)
@@ -223,8 +220,8 @@ def test_curves_exact_at_grid_thresholds(seed):
 
 def test_positive_pair_weighting():
     e, y = dyadic(200, 20, 3)
-    ev = evaluate_embeddings(e, y, chunk_size=50, device="cpu", assume_normalized=True,
-                             class_weighting="positive_pairs")
+    cfg = EvaluationConfig(chunk_size=50, device="cpu", opis={"class_weighting": "positive_pairs"})
+    ev = evaluate_embeddings(e, y, cfg, options=ScanOptions(assume_normalized=True))
     b = brute_curves(brute_sims(e, True), y, ev.curves.thresholds)
     assert ev.metrics["opis"] == pytest.approx(brute_opis(b["utility"], b["overall_utility"], b["n_pos"]), abs=1e-12)
     assert opis(ev.curves, "uniform") == pytest.approx(brute_opis(b["utility"], b["overall_utility"]), abs=1e-12)
@@ -234,7 +231,7 @@ def test_continuous_data_within_resolution():
     """Cosine on continuous data: OPIS at our grid thresholds vs brute force at the exact
     quantile thresholds (un-rounded); curves within 1e-4 at our thresholds."""
     e, y = continuous(400, 40, 5)
-    ev = evaluate_embeddings(e, y, recall_k=KS, chunk_size=90, device="cpu")
+    ev = evaluate_embeddings(e, y, EvaluationConfig(recall_k=KS, chunk_size=90, device="cpu"))
     s = brute_sims(e, False)
     want = brute_retrieval(s, y, KS)
     assert ev.metrics["recall_at_k"] == want["recall_at_k"]
@@ -254,8 +251,9 @@ def test_continuous_data_within_resolution():
 def test_forced_bad_window_falls_back_to_full_range():
     # A window that misses the needed thresholds: the histograms are rebuilt over [-1, 1].
     e, y = dyadic(150, 12, 4)
-    good = evaluate_embeddings(e, y, chunk_size=40, device="cpu", assume_normalized=True)
-    bad = evaluate_embeddings(e, y, chunk_size=40, device="cpu", assume_normalized=True, window=(0.9, 0.95))
+    cfg = EvaluationConfig(chunk_size=40, device="cpu")
+    good = evaluate_embeddings(e, y, cfg, options=ScanOptions(assume_normalized=True))
+    bad = evaluate_embeddings(e, y, cfg, options=ScanOptions(assume_normalized=True, window=(0.9, 0.95)))
     assert bad.metrics["settings"]["histogram_passes"] == 2 and good.metrics["settings"]["histogram_passes"] == 1
     np.testing.assert_array_equal(good.curves.thresholds, bad.curves.thresholds)
     assert bad.metrics["opis"] == good.metrics["opis"]
@@ -264,8 +262,8 @@ def test_forced_bad_window_falls_back_to_full_range():
 
 def test_chunk_size_does_not_change_results():
     e, y = continuous(300, 30, 7)
-    a = evaluate_embeddings(e, y, recall_k=KS, chunk_size=1, device="cpu").metrics
-    b = evaluate_embeddings(e, y, recall_k=KS, chunk_size=300, device="cpu").metrics
+    a = evaluate_embeddings(e, y, EvaluationConfig(recall_k=KS, chunk_size=1, device="cpu")).metrics
+    b = evaluate_embeddings(e, y, EvaluationConfig(recall_k=KS, chunk_size=300, device="cpu")).metrics
     a["settings"].pop("chunk_size"), b["settings"].pop("chunk_size")
     # Exact except for float summation order of the per-query averages.
     for k in ("map_at_r", "r_precision"):
@@ -276,8 +274,8 @@ def test_chunk_size_does_not_change_results():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cpu_and_cuda_agree():
     e, y = continuous(2000, 100, 8, dim=64)
-    a = evaluate_embeddings(e, y, recall_k=KS, device="cpu").metrics
-    g = evaluate_embeddings(e, y, recall_k=KS, device="cuda").metrics
+    a = evaluate_embeddings(e, y, EvaluationConfig(recall_k=KS, device="cpu")).metrics
+    g = evaluate_embeddings(e, y, EvaluationConfig(recall_k=KS, device="cuda")).metrics
     assert a["recall_at_k"] == pytest.approx(g["recall_at_k"], abs=2e-3)  # near-ties may swap
     for k in ("map_at_r", "r_precision", "opis", "eps_opis"):
         assert a[k] == pytest.approx(g[k], abs=1e-3)
@@ -406,13 +404,16 @@ def test_agrees_with_accuracy_calculator():
 
 
 # ---------------------------------------------------------------- config / payload
-def test_keywords_are_the_params_yaml_names_and_defaults():
-    params = inspect.signature(evaluate_embeddings).parameters
-    for name, value in metric_settings(EvaluationConfig()).items():
-        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, name
-        default = params[name].default
-        assert (list(default) if isinstance(default, (list, tuple)) else default) == \
-            (list(value) if isinstance(value, (list, tuple)) else value), name
+def test_what_the_metrics_read_is_params_yaml_evaluation_section():
+    """MetricSettings (what evaluate_embeddings reads) names fields of EvaluationConfig, the one place the
+    defaults are declared; and evaluate_embeddings takes at most five parameters."""
+    from tcm.config import BootstrapConfig, OpisConfig
+    from tcm.metrics.suite import BootstrapSettings, MetricSettings, OpisSettings
+
+    for protocol, model in ((MetricSettings, EvaluationConfig), (OpisSettings, OpisConfig),
+                            (BootstrapSettings, BootstrapConfig)):
+        assert set(protocol.__annotations__) <= set(model.model_fields), protocol.__name__
+    assert len(inspect.signature(evaluate_embeddings).parameters) <= 5
 
 
 def test_metrics_know_no_config_and_import_at_module_level():
@@ -431,7 +432,7 @@ def test_metrics_know_no_config_and_import_at_module_level():
 
 def test_payload_keys_from_config():
     e, y = continuous(120, 12, 10)
-    ev = evaluate_embeddings(e, y, **metric_settings(EvaluationConfig(chunk_size=50, device="cpu")))
+    ev = evaluate_embeddings(e, y, EvaluationConfig(chunk_size=50, device="cpu"))
     metrics, curves = ev.metrics, ev.curves
     assert set(metrics) >= {"recall_at_k", "map_at_r", "r_precision", "opis", "eps_opis", "threshold_report",
                             "settings"}
@@ -454,4 +455,4 @@ def test_payload_keys_from_config():
 ])
 def test_bad_inputs_raise_naming_the_problem(e, y, words):
     with pytest.raises(ValueError, match=words):
-        evaluate_embeddings(e, y, device="cpu")
+        evaluate_embeddings(e, y, EvaluationConfig(device="cpu"))

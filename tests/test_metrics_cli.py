@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from tcm.cli import main
+from tcm.config import EvaluationConfig
 from tcm.metrics import evaluate_embeddings
 
 
@@ -32,7 +33,8 @@ def test_writes_metrics_and_curves(files, capsys):
     m = json.loads((d / "m.json").read_text())
     assert set(m) >= {"recall_at_k", "map_at_r", "r_precision", "opis", "eps_opis", "threshold_report", "settings"}
     assert list(m["recall_at_k"]) == ["1", "3"]
-    want = evaluate_embeddings(e, y, recall_k=[1, 3], device="cpu", chunk_size=64, target_far=0.01).metrics
+    want = evaluate_embeddings(e, y, EvaluationConfig(recall_k=[1, 3], device="cpu", chunk_size=64,
+                                                      target_far=0.01)).metrics
     assert m["opis"] == pytest.approx(want["opis"]) and m["map_at_r"] == pytest.approx(want["map_at_r"])
     assert m["settings"]["target_far"] == 0.01 and m["settings"]["opis"]["n_thresholds"] == 101
     c = pd.read_csv(d / "c.csv", dtype={"class": str})

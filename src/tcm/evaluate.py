@@ -99,6 +99,7 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
     if skipped:
         print(f"tcm: evaluation.recall_k: skipping k = {skipped} for run {name}: each query of data set "
               f"{run_cfg.dataset!r} has only {len(dataset) - 1} other images", file=sys.stderr)
+    metric_settings = cfg.evaluation.model_copy(update={"recall_k": recall_k})
     tracker = tracker or Tracker(cfg)
     for left in run_dir.eval_dir.glob(".seed-*"):  # atomic_dir's folders, left by a process killed mid-write
         shutil.rmtree(left, ignore_errors=True)
@@ -107,12 +108,7 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
     for seed, (model, state) in states.items():
         emb = embed(model.to(device), pipeline, cfg.evaluation.batch_size, device, progress,
                     cfg.evaluation.num_workers, label=f"{name} seed {seed}")
-        ev, o = cfg.evaluation, cfg.evaluation.opis  # params.yaml's names are evaluate_embeddings' keywords
-        result = evaluate_embeddings(emb, dataset.labels, recall_k=recall_k, beta=o.beta, far_range=o.far_range,
-                                     n_thresholds=o.n_thresholds, eps=o.eps, class_weighting=o.class_weighting,
-                                     resolution=o.resolution, chunk_size=ev.chunk_size, device=ev.device,
-                                     target_far=ev.target_far, worst_share=ev.worst_share, progress=progress,
-                                     bootstrap=ev.bootstrap.model_dump(), label=f"{name} seed {seed}")
+        result = evaluate_embeddings(emb, dataset.labels, metric_settings, progress=progress and f"{name} seed {seed}")
         metrics, curves = result.metrics, result.curves
         # The embeddings first: a crash before the seed folder is replaced leaves the old results, whose
         # record then still names the checkpoint they came from.

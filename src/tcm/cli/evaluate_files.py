@@ -7,7 +7,7 @@ cosine. Writes JSON with ``recall_at_k`` (k as a string -> value), ``map_at_r``,
 TPR / TNR / utility curves as CSV (long format, the pooled curve as class "overall").
 
 Defaults are those of the ``evaluation`` section of params.yaml (``tcm.config.EvaluationConfig``), and
-the options are checked against it; they reach ``tcm.metrics.evaluate_embeddings`` under its names.
+the options are checked against it and reach ``tcm.metrics.evaluate_embeddings`` as that object.
 Bad input prints one line naming the problem and exits 2.
 """
 
@@ -107,11 +107,11 @@ def check_outputs(args: argparse.Namespace) -> None:
                          "another name (e.g. curves.csv)")
 
 
-def settings_from_args(args: argparse.Namespace) -> dict:
-    """The metric settings in ``args``, checked against params.yaml's schema (``EvaluationConfig``), as the
-    keyword arguments of ``evaluate_embeddings`` (the same names)."""
+def settings_from_args(args: argparse.Namespace) -> EvaluationConfig:
+    """The metric settings in ``args``, validated as params.yaml's ``evaluation`` section: the object the
+    evaluate stage gives ``evaluate_embeddings`` too."""
     try:
-        cfg = EvaluationConfig(
+        return EvaluationConfig(
             recall_k=args.k, chunk_size=args.chunk_size, device=args.device, target_far=args.target_far,
             worst_share=args.worst_share, bootstrap={"resamples": args.bootstrap, "seed": args.bootstrap_seed},
             opis=OpisConfig(beta=args.beta, far_range=tuple(args.far_range), n_thresholds=args.n_thresholds,
@@ -122,11 +122,6 @@ def settings_from_args(args: argparse.Namespace) -> dict:
                  "bootstrap": "bootstrap" if err["loc"][-1:] == ("resamples",) else "bootstrap-seed"}
         where = "--" + flags.get(str(err["loc"][0]), str(err["loc"][0])).replace("_", "-") if err["loc"] else "option"
         raise InputError(f"{where}: {err['msg']} (got {err['input']!r})") from None
-    o = cfg.opis
-    return dict(recall_k=cfg.recall_k, beta=o.beta, far_range=o.far_range, n_thresholds=o.n_thresholds, eps=o.eps,
-                class_weighting=o.class_weighting, resolution=o.resolution, chunk_size=cfg.chunk_size,
-                device=cfg.device, target_far=cfg.target_far, worst_share=cfg.worst_share,
-                bootstrap=cfg.bootstrap.model_dump())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -145,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         emb = load_array(args.embeddings, "EMBEDDINGS")
         lab = load_array(args.labels, "LABELS")
         progress = sys.stderr.isatty() if args.progress is None else args.progress
-        ev = evaluate_embeddings(emb, lab, **settings, progress=progress)
+        ev = evaluate_embeddings(emb, lab, settings, progress=progress)
     except (InputError, ValueError) as e:  # check_inputs and the metrics raise ValueError naming the problem
         message = str(e)
         if message.startswith("recall_k:"):  # the library's name of --k

@@ -1,8 +1,10 @@
 """Pure retrieval and threshold-consistency metrics, computed in chunks (no N x N matrix).
 
-One entry point, ``evaluate_embeddings`` (in ``suite``): plain keyword settings named as in the
-``evaluation`` section of params.yaml; it returns an ``Evaluation`` whose ``metrics`` is the
-metrics.json payload and ``curves`` the per-class utility curves.
+One entry point, ``evaluate_embeddings`` (in ``suite``): its settings are the validated ``evaluation``
+section of params.yaml (``tcm.config.EvaluationConfig``, the one place their defaults are declared;
+this package imports no tcm code, so ``MetricSettings`` describes what it reads);
+it returns an ``Evaluation`` whose ``metrics`` is the metrics.json payload and ``curves`` the per-class
+utility curves.
 
 Modules, one concept each:
     inputs            input checks, cosine normalisation, device and chunk size
@@ -28,9 +30,9 @@ from tcm.metrics.opis import (
     opis,
     utility,
 )
-from tcm.metrics.suite import Evaluation, evaluate_embeddings
+from tcm.metrics.suite import Evaluation, MetricSettings, ScanOptions, evaluate_embeddings
 from tcm.metrics.threshold_report import spread, threshold_report
 
-__all__ = ["ClassHistograms", "Evaluation", "Grid", "UtilityCurves", "calibration_thresholds", "class_weights",
-           "curves_from_histograms", "curves_table", "eps_opis", "evaluate_embeddings", "opis", "spread",
-           "threshold_report", "utility"]
+__all__ = ["ClassHistograms", "Evaluation", "Grid", "MetricSettings", "ScanOptions", "UtilityCurves",
+           "calibration_thresholds", "class_weights", "curves_from_histograms", "curves_table", "eps_opis",
+           "evaluate_embeddings", "opis", "spread", "threshold_report", "utility"]

@@ -11,7 +11,7 @@ its class:
 Neighbours are ordered by similarity, ties broken by ascending gallery index. A query whose
 class has no other image (R = 0) is skipped, but the image stays in the gallery (and among the
 negatives of the threshold metrics). Computed in chunks: see ``tcm.metrics.scan``; the retrieval
-metrics alone are ``evaluate_embeddings(..., threshold_metrics=False)`` (``tcm.metrics.suite``).
+metrics alone are ``evaluate_embeddings(..., options=ScanOptions(threshold_metrics=False))`` (``tcm.metrics.suite``).
 """
 
 from __future__ import annotations

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Mapping, Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +30,6 @@ from tcm.metrics.threshold_report import threshold_report
 
 PILOT_EXPONENT = 10  # pilot bins of ~1e-3
 MAX_HIST_BYTES = 1 << 30
-BOOTSTRAP = MappingProxyType({"resamples": 300, "seed": 0})  # params.yaml's evaluation.bootstrap default
 
 
 @dataclass(frozen=True)
@@ -78,67 +76,100 @@ def pilot_window(x: torch.Tensor, lab: Labels, fars: Sequence[float], pilot_rows
     return float(lo), float(hi)
 
 
-def evaluate_embeddings(embeddings: np.ndarray, labels: np.ndarray, *, recall_k: Sequence[int] = (1, 2, 4, 8),
-                        beta: float = 1.0, far_range: Sequence[float] = (1e-2, 1e-1), n_thresholds: int = 101,
-                        eps: float = 0.05, class_weighting: ClassWeighting = "uniform", resolution: float = 1e-4,
-                        chunk_size: int | None = None, device: str | torch.device = "auto", target_far: float = 1e-3,
-                        worst_share: float = 0.05, progress: bool = False, assume_normalized: bool = False,
-                        retrieval: bool = True, threshold_metrics: bool = True,
-                        window: tuple[float, float] | None = None, pilot_rows: int = 1024,
-                        bootstrap: Mapping[str, int] = BOOTSTRAP, label: str = "") -> Evaluation:
+class OpisSettings(Protocol):
+    beta: float
+    far_range: Sequence[float]
+    n_thresholds: int
+    eps: float
+    class_weighting: ClassWeighting
+    resolution: float
+
+
+class BootstrapSettings(Protocol):
+    resamples: int
+    seed: int
+
+
+class MetricSettings(Protocol):
+    """What :func:`evaluate_embeddings` reads: the ``evaluation`` section of params.yaml as validated by
+    ``tcm.config.EvaluationConfig``, where the defaults are declared once (the metrics import no tcm code,
+    so the type is described here and tests/test_metrics.py holds the names equal)."""
+
+    recall_k: Sequence[int]
+    opis: OpisSettings
+    chunk_size: int | None
+    device: str
+    target_far: float
+    worst_share: float
+    bootstrap: BootstrapSettings
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """How one evaluation runs, not what it measures (tests and benchmarks set these)."""
+
+    assume_normalized: bool = False  # take the rows as unit vectors (no L2 normalisation)
+    retrieval: bool = True  # False: no Recall@k, MAP@R, R-precision (nor their keys)
+    threshold_metrics: bool = True  # False: no OPIS, eps-OPIS, curves, threshold report (nor their keys)
+    window: tuple[float, float] | None = None  # the histogram range, instead of the pilot's (repeat runs)
+    pilot_rows: int = 1024  # query rows of the pilot pass
+
+
+def evaluate_embeddings(embeddings: np.ndarray, labels: np.ndarray, settings: MetricSettings, *,
+                        progress: bool | str = False, options: ScanOptions = ScanOptions()) -> Evaluation:
     """Recall@k, MAP@R, R-precision, OPIS, eps-OPIS, the utility curves and the threshold report
     of (N, d) ``embeddings`` with (N,) integer ``labels`` under cosine similarity.
 
-    The settings are keywords named as in the ``evaluation`` section of params.yaml (its ``opis``
-    block flattened): ``recall_k``, ``beta``, ``far_range``, ``n_thresholds``, ``eps``,
-    ``class_weighting``, ``resolution``, ``chunk_size``, ``device``, ``target_far``, ``worst_share``;
-    the defaults are that section's.
-
-    ``chunk_size``: query rows per chunk (None: from free memory, see ``default_chunk_size``).
-    ``resolution``: upper bound on the histogram bin width (coarsened by powers of two only if
-    the per-class counts would pass 1 GiB; the width used is in ``settings``).
-    ``assume_normalized``: take the rows as unit vectors (no L2 normalisation).
-    ``label``: what the progress lines name first (run and seed), when ``progress``.
-    ``retrieval`` / ``threshold_metrics``: False skips Recall@k, MAP@R, R-precision / OPIS,
-    eps-OPIS, the curves and the threshold report (and their keys).
-    ``window``: force the histogram range instead of the pilot's (tests, repeat runs).
-    ``bootstrap``: the ``evaluation.bootstrap`` block, ``{"resamples": R, "seed": s}``: R >= 2 adds
-    ``opis_boot_sd`` and ``eps_opis_boot_sd``, the class-stratified bootstrap sd over the test queries
-    (``tcm.metrics.bootstrap``); R = 0 turns it off.
+    ``settings``: the ``evaluation`` section of params.yaml, validated (``tcm.config.EvaluationConfig()``
+    gives its defaults; :class:`MetricSettings`). What it sets here: ``recall_k``, ``opis`` (``beta``,
+    ``far_range``, ``n_thresholds``, ``eps``, ``class_weighting``, ``resolution``: the upper bound on the
+    histogram bin width, coarsened by powers of two only if the per-class counts would pass 1 GiB; the
+    width used is in ``settings``), ``chunk_size`` (query rows per chunk; None: from free memory, see
+    ``default_chunk_size``), ``device``, ``target_far`` and ``worst_share`` (the threshold report), and
+    ``bootstrap``: ``resamples`` >= 2 adds ``opis_boot_sd`` and ``eps_opis_boot_sd``, the class-stratified
+    bootstrap sd over the test queries (``tcm.metrics.bootstrap``); 0 turns it off.
+    ``progress``: False, True, or the label its progress lines start with (run and seed).
     With the threshold metrics come ``neg_cos_median`` and ``pos_cos_median``: the median cosine of
     the ordered negative / positive pairs, within half a histogram bin of the exact medians.
 
+    >>> from tcm.config import EvaluationConfig
     >>> e = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8]]); y = np.array([0, 0, 1, 1])
-    >>> m = evaluate_embeddings(e, y, recall_k=[1], device="cpu").metrics
+    >>> m = evaluate_embeddings(e, y, EvaluationConfig(recall_k=[1], device="cpu")).metrics
     >>> m["recall_at_k"], m["map_at_r"]  # nearest: 0->1 (0.8), 1->3 (0.96), 2->3 (0.8), 3->1 (0.96)
     ({'1': 0.5}, 0.5)
     >>> e = np.array([[1.0, 0], [0.9, 0.1], [0, 1.0], [0.1, 0.9]])
-    >>> evaluate_embeddings(e, y, recall_k=[1], device="cpu", threshold_metrics=False).metrics["recall_at_k"]
+    >>> only_retrieval = ScanOptions(threshold_metrics=False)
+    >>> evaluate_embeddings(e, y, EvaluationConfig(recall_k=[1]), options=only_retrieval).metrics["recall_at_k"]
     {'1': 1.0}
     """
+    s, opt = settings, options
+    o = s.opis
+    # The names the computation below reads, from the one settings object.
+    beta, far_range, n_thresholds, eps, resolution = o.beta, o.far_range, o.n_thresholds, o.eps, o.resolution
+    class_weighting, target_far, worst_share = o.class_weighting, s.target_far, s.worst_share
+    retrieval, threshold_metrics = opt.retrieval, opt.threshold_metrics
+    label, progress = (progress, bool(progress)) if isinstance(progress, str) else ("", progress)
     e, y = check_inputs(embeddings, labels)
-    recall_k = sorted({int(k) for k in recall_k})
-    if not recall_k or recall_k[0] < 1:
-        raise ValueError(f"recall_k: expected positive integers, but got {recall_k}")
-    if not 0 < far_range[0] < far_range[1] < 1:
-        raise ValueError(f"far_range must satisfy 0 < low < high < 1, but got {list(far_range)}")
+    recall_k = sorted({int(k) for k in s.recall_k})
+    if retrieval and not recall_k:
+        raise ValueError("recall_k: expected at least one k")
     lab = Labels.of(y)
     if threshold_metrics and lab.sizes.max() < 2:
         raise ValueError("labels: every class has a single image, so there are no positive pairs for OPIS")
-    dev = resolve_device(device)
-    x = to_device(e, dev, assume_normalized)
+    dev = resolve_device(s.device)
+    x = to_device(e, dev, opt.assume_normalized)
     n = len(y)
     if retrieval and recall_k[-1] >= n:
         # Recall@k with k past the gallery is 1 by construction: a number that says nothing.
         raise ValueError(f"recall_k: k = {recall_k[-1]} needs more than the {n - 1} other points each query has")
     k_max = min(n - 1, max(recall_k[-1], int(lab.sizes.max()) - 1)) if retrieval else 0
-    chunk_size = int(chunk_size) if chunk_size else default_chunk_size(n, dev, k_max)
+    chunk_size = int(s.chunk_size) if s.chunk_size else default_chunk_size(n, dev, k_max)
     fars = [far_range[0], far_range[1], target_far]
 
     budget = min(MAX_HIST_BYTES, available_memory(dev) // 4)
     passes = 0
     if threshold_metrics:
-        lo, hi = window if window is not None else pilot_window(x, lab, fars, pilot_rows, chunk_size)
+        lo, hi = opt.window if opt.window is not None else pilot_window(x, lab, fars, opt.pilot_rows, chunk_size)
         grid = _fit_memory(lo, hi, resolution, len(lab.sizes), budget)
     else:
         grid = Grid(exponent_for(resolution), 0, 1)  # unused: the scan needs a grid but nobody reads it
@@ -168,7 +199,7 @@ def evaluate_embeddings(embeddings: np.ndarray, labels: np.ndarray, *, recall_k:
                               "class_weighting": class_weighting},
                         target_far=target_far, worst_share=worst_share, threshold_resolution=grid.width,
                         histogram_window=[float(grid.edges()[0]), float(grid.edges()[-1])], histogram_passes=passes)
-        resamples, seed = int(bootstrap.get("resamples", 0)), int(bootstrap.get("seed", 0))
+        resamples, seed = s.bootstrap.resamples, s.bootstrap.seed
         counts, medians = query_pass(x, lab, bootstrap_grid(grid, n) if resamples else None, grid.exponent)
         out.update(neg_cos_median=medians.negative, pos_cos_median=medians.positive)
         settings["pair_median_resolution"] = medians.resolution
