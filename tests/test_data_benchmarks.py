@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader
 from tcm.cli import main as cli_main
 from tcm.config import DatasetConfig
 from tcm.data import BENCHMARK_NAMES, DataError, ManifestDataset, prepare, read_manifest, transforms
-from tcm.data.specs import SHOWN_PROBLEMS, get_benchmark, prepare_benchmark
+from tcm.data.problems import SHOWN_PROBLEMS
+from tcm.data.specs import get_benchmark, prepare_benchmark
 from tcm.data.synthetic import make_tiny
 
 SMALL = (48, 36)  # pixels; the formats, not the image sizes, are under test here

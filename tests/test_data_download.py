@@ -16,8 +16,8 @@ from typing import Iterator
 import pytest
 
 from tcm.data import DataError
-from tcm.data.download import check_sha256, download_and_extract, download_file, safe_extract, sha256_file
-from tcm.data.specs import Download, get_benchmark, prepare_benchmark, resolve_root
+from tcm.data.download import Download, check_sha256, download_and_extract, download_file, safe_extract, sha256_file
+from tcm.data.specs import get_benchmark, prepare_benchmark, resolve_root
 from tcm.data.synthetic import make_tiny_cub
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB

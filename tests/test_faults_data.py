@@ -137,7 +137,7 @@ def test_truncated_tgz_through_download(tmp_path: Path, monkeypatch: pytest.Monk
                                         capsys: pytest.CaptureFixture) -> None:
     """`data prepare cub --download` with the CaltechDATA address swapped for a local, truncated archive."""
     import tcm.data.cub
-    from tcm.data.specs import Download
+    from tcm.data.download import Download
 
     out = tmp_path / "out"
     before = earlier_manifest("cub", fresh("cub", tmp_path), out)

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from tcm.data.manifest import DataError
-from tcm.data.specs import Benchmark, Problems, label_problem
+from tcm.data.problems import Problems
+from tcm.data.specs import Benchmark, label_problem
 
 FETCH_HELP = (
     "No stable public download exists (the original addresses under http://imagenet.stanford.edu/internal/car196/ "

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from tcm.data.specs import INTEGER, Benchmark, Download, Problems, label_problem, read_lines
+from tcm.data.download import Download
+from tcm.data.problems import Problems
+from tcm.data.specs import INTEGER, Benchmark, label_problem, read_lines
 
 # CaltechDATA record 65de6-vp158 (the archive's current home; the old vision.caltech.edu address is gone).
 # Size and SHA-256 as published in tensorflow/datasets (url_checksums/caltech_birds2011.txt) and in

@@ -15,12 +15,23 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
 from tcm.data.manifest import DataError
-from tcm.data.specs import Download, Problems
+from tcm.data.problems import Problems
+
+
+@dataclass(frozen=True)
+class Download:
+    """A stable public address with a checksum taken from a published source (see the module that uses it)."""
+
+    url: str
+    filename: str
+    size: int  # bytes
+    sha256: str
 
 CHUNK = 1 << 20
 USER_AGENT = "tcm-reproducibility/0.1"

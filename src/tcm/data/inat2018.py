@@ -13,7 +13,8 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from tcm.data.specs import INTEGER, Benchmark, Problems, label_problem, read_lines
+from tcm.data.problems import Problems
+from tcm.data.specs import INTEGER, Benchmark, label_problem, read_lines
 
 IMAGES, SPLITS = "train_val2018", "Inat_dataset_splits"
 SPLIT_FILES = {"train": f"{SPLITS}/Inaturalist_train_set1.txt", "test": f"{SPLITS}/Inaturalist_test_set1.txt"}

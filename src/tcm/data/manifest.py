@@ -79,7 +79,8 @@ def check_table(table: pd.DataFrame, where: str, closed_set: bool = False, datas
                         "open-world splits need disjoint classes")
     shared = set(table.loc[table.split == PRETRAIN, "label"]) & set(table.loc[table.split != PRETRAIN, "label"])
     if shared:
-        raise DataError(f"{where}: {len(shared)} pretrain labels are also in train or test (e.g. {sorted(shared)[:5]}); "
+        raise DataError(f"{where}: {len(shared)} pretrain labels are also in train or test "
+                        f"(e.g. {sorted(shared)[:5]}); "
                         "the pretrain classes must be disjoint from both")
 
 

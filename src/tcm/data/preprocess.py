@@ -21,7 +21,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from tcm.data.manifest import INFO, DataError, read_manifest, write_manifest
-from tcm.data.specs import Problems
+from tcm.data.problems import Problems
 
 IMAGES = "images"
 SETTINGS = ".preprocess.json"

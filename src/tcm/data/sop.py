@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from tcm.data.specs import INTEGER, Benchmark, Problems, label_problem, read_lines
+from tcm.data.problems import Problems
+from tcm.data.specs import INTEGER, Benchmark, label_problem, read_lines
 
 HEADER = ["image_id", "class_id", "super_class_id", "path"]
 

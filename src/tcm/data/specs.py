@@ -17,61 +17,23 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_compl
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import pandas as pd
 from tqdm import tqdm
 
 # safe_relpath: index paths must stay inside the data set folder (the same rule as every manifest's).
+from tcm.data.download import Download
 from tcm.data.manifest import DataError, safe_relpath, write_manifest
+from tcm.data.problems import Problems
 
 BENCHMARK_NAMES = ("cub", "cars196", "sop", "inat2018")
 VERIFY_MODES = ("exists", "full")
-# How many problems a message spells out; the count always covers all of them.
-SHOWN_PROBLEMS = 5
 # Labels are stored as int64 (manifest.csv, torch tensors): a class id outside 0 .. 2**63 - 1 cannot be one.
 MAX_LABEL = 2**63 - 1
 # An id field of an index file: ASCII digits only (str.isdigit() also passes '²', which int() refuses); a
 # leading '-' is read so that a negative id is reported as such rather than as a malformed line.
 INTEGER = re.compile(r"-?[0-9]+")
-
-
-class Problems:
-    """Collects problems so that one error reports them all: ``what: N problems: first; second; ...``."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.items: list[str] = []
-        self.fix = ""  # what to do, after the problems listed
-
-    def add(self, message: str) -> None:
-        self.items.append(message)
-
-    def extend(self, messages: Iterable[str]) -> None:
-        self.items.extend(messages)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def raise_if_any(self) -> None:
-        n = len(self.items)
-        if not n:
-            return
-        shown = "; ".join(self.items[:SHOWN_PROBLEMS])
-        more = f"; ... and {n - SHOWN_PROBLEMS} more" if n > SHOWN_PROBLEMS else ""
-        more += f". Fix: {self.fix}" if self.fix else ""
-        # One line: the CLI prints the message as is, and a multi-line wall of paths helps nobody.
-        raise DataError(f"{self.what}: {n} problem{'s' if n != 1 else ''}: {shown}{more}".replace("\n", " "))
-
-
-@dataclass(frozen=True)
-class Download:
-    """A stable public address with a checksum taken from a published source (see the module that uses it)."""
-
-    url: str
-    filename: str
-    size: int  # bytes
-    sha256: str
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,8 @@ def normalize(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
 
     >>> x = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
     >>> ref = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(x.float().div(255))
-    >>> torch.equal(normalize(x), ref), normalize(x, channels_last=True).is_contiguous(memory_format=torch.channels_last)
+    >>> last = normalize(x, channels_last=True)
+    >>> torch.equal(normalize(x), ref), last.is_contiguous(memory_format=torch.channels_last)
     (True, True)
     """
     if x.dtype != torch.uint8:
