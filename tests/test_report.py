@@ -533,3 +533,23 @@ def test_markdown_tables_round_percentages_and_changes(full: Config) -> None:
     change = csv["R@1 change (pp)"].iloc[0]
     assert f"{change:.2f}" in md and f"{change:.4f}" not in md  # pp changes to 2 decimals; the CSV keeps all
     assert report._column_format("OPIS change %") == ".1f" and report._column_format("OPIS") == ".4f"
+
+
+def test_report_notebook_sections_head_every_table_and_figure(full: Config) -> None:
+    written = report.run(full, tracker=FakeTracker())
+    sections = dict(report.notebook_sections(written))
+    shown = [p for paths in sections.values() for p in paths]
+    assert sorted(shown) == sorted([p for p in written["tables"] if p.suffix == ".md"] + written["figures"])
+    assert [p.stem for p in sections["One global threshold: per-class FAR and FRR"]] == ["thresholds", "class_rates"]
+    assert all(p.stem.startswith("utility_") for p in sections["Per-class utility vs threshold"])
+
+
+def test_plain_progress_shows_stderr_as_output(capsys: pytest.CaptureFixture) -> None:
+    import sys
+
+    from tcm.notebook import plain_progress
+
+    with plain_progress():
+        print("epoch 1/2", file=sys.stderr)
+    out = capsys.readouterr()
+    assert "epoch 1/2" in out.out

@@ -786,6 +786,45 @@ def _readme(cfg: Config, summary: pd.DataFrame, comparison: pd.DataFrame, claims
     return "\n".join(lines)
 
 
+# The executed report notebook's sections: heading -> the tables (stems) and figures (stem prefixes) under it,
+# in order; anything else written goes under the last heading.
+NOTEBOOK_SECTIONS = (
+    ("The paper's claims, checked", ("claims",)),
+    ("Runs (mean ± sd over seeds, and seed by seed)", ("runs", "runs_per_seed", "per_seed", "opis_vs_recall")),
+    ("Without vs with TCM (paired over seeds)", ("tcm_comparison", "tcm_comparison_per_seed", "tcm_effect")),
+    ("One global threshold: per-class FAR and FRR", ("thresholds", "class_rates")),
+    ("Per-class utility vs threshold", ("utility_",)),
+    ("Similarities and embeddings", ("similarities_", "embeddings_")),
+    ("Training curves", ("training_curves",)),
+    ("Results tables per data set", ()),
+)
+
+
+def notebook_sections(written: dict[str, list[Path]]) -> list[tuple[str, list[Path]]]:
+    """The Markdown tables and figures of :func:`run` grouped under :data:`NOTEBOOK_SECTIONS` (empty
+    sections left out)."""
+    items = [p for p in written["tables"] if p.suffix == ".md"] + list(written["figures"])
+
+    def section(p: Path) -> int:
+        for i, (_, stems) in enumerate(NOTEBOOK_SECTIONS):
+            if any(p.stem == s or (s.endswith("_") and p.stem.startswith(s)) for s in stems):
+                return i
+        return len(NOTEBOOK_SECTIONS) - 1
+
+    groups = [(heading, [p for p in items if section(p) == i]) for i, (heading, _) in enumerate(NOTEBOOK_SECTIONS)]
+    return [(heading, paths) for heading, paths in groups if paths]
+
+
+def show(written: dict[str, list[Path]]) -> None:
+    """The report in the executed notebook: a heading per section, then its tables and figures."""
+    from IPython.display import Image, Markdown, display
+
+    for heading, paths in notebook_sections(written):
+        display(Markdown(f"## {heading}"))
+        for p in paths:
+            display(Markdown(p.read_text()) if p.suffix == ".md" else Image(filename=str(p)))
+
+
 LOSS_PARTS = ("loss", "base_loss", "tcm_loss")
 
 
