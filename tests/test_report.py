@@ -496,3 +496,67 @@ def test_purpose_statement_for_data_the_package_makes(full: Config, tmp_path: Pa
     mixed = S(runs={"a": S(dataset="g"), "b": S(dataset="c")},
               datasets={"g": S(source="glyphs", synthetic=None), "c": S(source="cars196", synthetic=None)})
     assert report._purpose(mixed) == []
+
+
+def test_class_rates_at_one_threshold() -> None:
+    # class 0: two close images; class 1: two images far apart, one of them close to class 0
+    emb = np.array([[1.0, 0.0], [1.0, 0.05], [0.99, 0.1], [-1.0, 0.0]])
+    rates = report.class_rates_at(emb, np.array([0, 0, 1, 1]), 0.9).set_index("class")
+    # class 0: positives (0,1),(1,0) accepted: FRR 0; negatives: 0->2 and 1->2 accepted of 4: FAR 0.5
+    assert rates.loc["0", "FRR"] == 0.0 and rates.loc["0", "FAR"] == 0.5
+    # class 1: its positive pair is rejected both ways (FRR 1); 2->0, 2->1 accepted of 4 negatives
+    assert rates.loc["1", "FRR"] == 1.0 and rates.loc["1", "FAR"] == 0.5
+
+
+def test_utility_over_seeds_is_the_mean_with_a_min_max_band() -> None:
+    t = np.linspace(0.2, 0.8, 5)
+    a, b = _curves(2, t), _curves(2, t).assign(utility=lambda d: d["utility"] + 0.1)
+    mean = report.utility_over_seeds([a, b])
+    row = mean[mean["class"] == "1"].iloc[0]
+    assert row["utility"] == pytest.approx(0.56) and (row["low"], row["high"]) == pytest.approx((0.51, 0.61))
+    assert set(mean["seeds"]) == {2} and len(mean) == 3 * 5
+    # seeds sampled on different calibration ranges: the grid is the range both cover
+    shifted = report.utility_over_seeds([a, b.assign(threshold=b["threshold"] + 0.1)])
+    assert shifted["threshold"].min() == pytest.approx(0.3) and shifted["threshold"].max() == pytest.approx(0.8)
+
+
+def test_report_writes_class_rates_utility_bands_and_plot_data(full: Config) -> None:
+    written = report.run(full, tracker=FakeTracker())
+    reports = full.path(full.paths.reports)
+    assert reports / "figures/class_rates.png" in written["figures"]
+    utility = pd.read_csv(reports / "plots/utility.csv", dtype={"class": str})
+    assert list(utility.columns) == ["run", "class", "threshold", "utility"] and set(utility["run"]) == set(RUNS)
+    rates = pd.read_csv(reports / "plots/class_rates.csv", dtype={"class": str})
+    assert {"run", "class", "FAR", "FRR"} <= set(rates.columns) and set(rates["class"]) == {"0", "1", "2"}
+    readme = written["readme"][0].read_text()
+    assert "figures/class_rates.png" in readme and "mean over seeds 0, 1, 2, band = min to max" in readme
+
+
+def test_markdown_tables_round_percentages_and_changes(full: Config) -> None:
+    report.run(full, tracker=FakeTracker())
+    reports = full.path(full.paths.reports)
+    md = (reports / "tables/tcm_comparison_per_seed.md").read_text()
+    csv = pd.read_csv(reports / "tables/tcm_comparison_per_seed.csv")
+    change = csv["R@1 change (pp)"].iloc[0]
+    assert f"{change:.2f}" in md and f"{change:.4f}" not in md  # pp changes to 2 decimals; the CSV keeps all
+    assert report._column_format("OPIS change %") == ".1f" and report._column_format("OPIS") == ".4f"
+
+
+def test_report_notebook_sections_head_every_table_and_figure(full: Config) -> None:
+    written = report.run(full, tracker=FakeTracker())
+    sections = dict(report.notebook_sections(written))
+    shown = [p for paths in sections.values() for p in paths]
+    assert sorted(shown) == sorted([p for p in written["tables"] if p.suffix == ".md"] + written["figures"])
+    assert [p.stem for p in sections["One global threshold: per-class FAR and FRR"]] == ["thresholds", "class_rates"]
+    assert all(p.stem.startswith("utility_") for p in sections["Per-class utility vs threshold"])
+
+
+def test_plain_progress_shows_stderr_as_output(capsys: pytest.CaptureFixture) -> None:
+    import sys
+
+    from tcm.notebook import plain_progress
+
+    with plain_progress():
+        print("epoch 1/2", file=sys.stderr)
+    out = capsys.readouterr()
+    assert "epoch 1/2" in out.out

@@ -68,14 +68,18 @@ def _errors(sd: pd.Series) -> np.ndarray:
 
 def landscape(summary: pd.DataFrame) -> plt.Figure:
     """Recall@1 vs OPIS of every evaluated run (mean ± sd over seeds as error bars), without / with
-    TCM, with the Pareto frontier of the means."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.8), layout="constrained")
+    TCM, with the Pareto frontier of the means. Runs are numbered beside their marker and named in a
+    key to the right: names written at the points overlap where runs lie close (most pairs do)."""
+    fig, ax = plt.subplots(figsize=(8.5, 4.8), layout="constrained")
+    number = {name: i + 1 for i, name in enumerate(summary["run"])}
     for tcm, marker in ((False, "o"), (True, "^")):
         d = summary[summary["tcm"] == tcm]
         ax.errorbar(d["R@1 mean"], d["OPIS mean"], xerr=_errors(d["R@1 sd"]), yerr=_errors(d["OPIS sd"]),
                     fmt=marker, ms=7, capsize=3, label="with TCM" if tcm else "without TCM")
+        # Runs without TCM numbered left of their point, with TCM right: a pair's numbers stay apart.
         for _, r in d.iterrows():
-            ax.annotate(r["run"], (r["R@1 mean"], r["OPIS mean"]), fontsize=7, xytext=(4, 4),
+            ax.annotate(str(number[r["run"]]), (r["R@1 mean"], r["OPIS mean"]), fontsize=8, fontweight="bold",
+                        xytext=(6, 4) if tcm else (-6, 4), ha="left" if tcm else "right",
                         textcoords="offset points")
     recall, opis = summary["R@1 mean"].to_numpy(float), summary["OPIS mean"].to_numpy(float)
     front = pareto_front(recall, opis)
@@ -84,6 +88,56 @@ def landscape(summary: pd.DataFrame) -> plt.Figure:
     ax.set(xlabel="Recall@1", ylabel="OPIS (lower = more threshold-consistent)",
            title="Accuracy vs threshold consistency (mean ± sd over seeds)")
     ax.legend(fontsize=8)
+    key = "\n".join(f"{i}  {name}" for name, i in number.items())
+    ax.text(1.02, 1.0, key, transform=ax.transAxes, va="top", ha="left", fontsize=7, family="monospace")
+    return fig
+
+
+def utility_over_seeds(mean: pd.DataFrame, title: str) -> plt.Figure:
+    """Per-class utility vs threshold, mean over seeds (:func:`tcm.report.utility_over_seeds`: columns
+    class, threshold, utility, low, high, seeds), drawn as :func:`tcm.notebook.draw_utility` draws one
+    seed, with a band from the lowest to the highest seed around the overall curve and every named class."""
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    draw_utility(ax, mean, title)
+    for line in list(ax.get_lines()):
+        label = str(line.get_label())
+        c = "overall" if label == "overall" else label[len("class "):] if label.startswith("class ") else None
+        if c is None:
+            continue
+        g = mean[mean["class"] == c]
+        ax.fill_between(g["threshold"], g["low"], g["high"], color=line.get_color(), alpha=0.15, lw=0)
+    return fig
+
+
+def class_rates(rates: pd.DataFrame, target_far: float) -> plt.Figure:
+    """Per-class FAR vs FRR at each run's global threshold (the threshold report's: overall FAR =
+    ``target_far``), one panel per without/with-TCM comparison, one dot per test class: the further the
+    dots scatter from the target line, the less one threshold means the same for every class.
+
+    ``rates``: :func:`tcm.report.class_rates` (columns comparison, run, tcm, seed, class, threshold,
+    FAR, FRR, overall FRR)."""
+    keys = list(dict.fromkeys(rates["comparison"]))
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys) + 0.5, 4.4), squeeze=False, sharey=True,
+                             layout="constrained")
+    for ax, key in zip(axes[0], keys):
+        d = rates[rates["comparison"] == key]
+        for i, (tcm, label) in enumerate(((False, "without TCM"), (True, "with TCM"))):
+            r = d[d["tcm"] == tcm]
+            if r.empty:
+                continue
+            colour = plt.get_cmap("tab10")(i)
+            ax.scatter(r["FAR"], r["FRR"], s=14, alpha=0.6, color=colour, edgecolors="none",
+                       label=f"{label}: {r['run'].iloc[0]} (t = {r['threshold'].iloc[0]:.3f})")
+            ax.axhline(r["overall FRR"].iloc[0], color=colour, ls=":", lw=1)
+        ax.axvline(target_far, color="black", ls="--", lw=1, label=f"target FAR {target_far:g} (overall)")
+        # symlog: many classes accept no negative at all (FAR 0), the rest spread over decades.
+        ax.set_xscale("symlog", linthresh=target_far / 10)
+        ax.set_xlim(left=-target_far / 50)  # rates are never negative: no empty half below 0
+        seed = d["seed"].iloc[0]
+        ax.set(title=f"{key} (seed {seed})", xlabel="class FAR at the global threshold",
+               ylabel="class FRR at the global threshold", ylim=(-0.02, 1.02))
+        ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle("One global threshold per run: per-class FAR and FRR (dots: test classes; dotted: overall FRR)")
     return fig
 
 

@@ -16,6 +16,7 @@ import json
 import math
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -26,7 +27,6 @@ import pandas as pd
 from tcm import figures
 from tcm.atomic import atomic_path, write_json, write_text
 from tcm.config import Config
-from tcm.notebook import run_utility
 from tcm.provenance import stale_reason
 from tcm.runfiles import RunDir
 from tcm.stats import HEADLINE, Z_95, Z_POWER_80, headline, paired_difference, seeds_needed, spread, verdict
@@ -412,9 +412,19 @@ def _left_out(excluded: dict[str, int]) -> str:
     return "".join(f"; {k} left out: {why[w]}" for w, k in excluded.items() if k)
 
 
+def _column_format(column: str) -> str:
+    """How a Markdown table shows a column's numbers (the CSV keeps full precision): percentages
+    ('... %' or '... % ...') with 1 decimal, percentage-point changes with 2 (the paper's precision of
+    a change of Recall@k), other numbers (rates, OPIS, thresholds) with 4.
+
+    >>> [_column_format(c) for c in ("OPIS change %", "R@1 change (pp) low", "OPIS")]
+    ['.1f', '.2f', '.4f']
+    """
+    return ".1f" if " %" in column else ".2f" if "(pp)" in column else ".4f"
+
+
 def _markdown(df: pd.DataFrame) -> str:
-    # Percentages (columns named '... %' or '... % ...') with 1 decimal, other numbers with 4.
-    fmt = [".1f" if " %" in str(c) else ".4f" for c in df.columns]
+    fmt = [_column_format(str(c)) for c in df.columns]
     return df.to_markdown(index=False, floatfmt=fmt or ".4f", missingval="missing") + "\n"
 
 
@@ -460,6 +470,98 @@ def threshold_table(cfg: Config) -> pd.DataFrame:
                 row[f"class {rate.upper()} worst {tr['worst_share']:.0%}"] = s["worst_share_mean"]
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def utility_over_seeds(curves: list[pd.DataFrame]) -> pd.DataFrame:
+    """Per-class utility vs threshold over seeds: each seed's curves.csv is sampled on its own
+    calibration range, so the seeds are interpolated onto one grid (as many evenly spaced thresholds
+    as a seed has, over the range every seed covers; the union where they share none) and summarised
+    per class and threshold: mean ('utility'), min ('low'), max ('high') and the seeds with a value.
+
+    >>> c = pd.DataFrame({"class": ["overall"] * 2, "threshold": [0.0, 1.0], "utility": [0.0, 1.0]})
+    >>> utility_over_seeds([c, c.assign(utility=[0.5, 1.0])])["utility"].tolist()[:2]
+    [0.25, 1.0]
+    """
+    lo = max(float(c["threshold"].min()) for c in curves)
+    hi = min(float(c["threshold"].max()) for c in curves)
+    if lo >= hi:
+        lo, hi = min(float(c["threshold"].min()) for c in curves), max(float(c["threshold"].max()) for c in curves)
+    points = max(int(c.groupby("class").size().max()) for c in curves)
+    grid = np.linspace(lo, hi, points)
+    frames = []
+    for cls in sorted(set().union(*(set(c["class"]) for c in curves))):
+        values = []
+        for c in curves:
+            g = c[c["class"] == cls].sort_values("threshold")
+            if not g.empty:  # NaN outside a seed's own range: no extrapolation
+                values.append(np.interp(grid, g["threshold"], g["utility"], left=np.nan, right=np.nan))
+        v = np.vstack(values)
+        with warnings.catch_warnings():  # a threshold no seed covers: all-NaN, dropped below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            frames.append(pd.DataFrame({"class": cls, "threshold": grid, "utility": np.nanmean(v, axis=0),
+                                        "low": np.nanmin(v, axis=0), "high": np.nanmax(v, axis=0),
+                                        "seeds": (~np.isnan(v)).sum(axis=0)}))
+    return pd.concat(frames, ignore_index=True).query("seeds > 0").reset_index(drop=True)
+
+
+# Rows of the similarity matrix per block in :func:`class_rates_at`: bounded memory on large test sets.
+_ROWS_PER_BLOCK = 1024
+
+
+def class_rates_at(emb: np.ndarray, labels: np.ndarray, threshold: float) -> pd.DataFrame:
+    """Per test class, FAR and FRR at one threshold on cosine similarity, as the threshold report
+    defines them (src/tcm/metrics/threshold_report.py): FAR_i = negatives of class i (ordered pairs, first
+    image in i) at or above the threshold / negatives of i; FRR_i = positives of i below it / positives
+    of i (NaN without a positive pair). Exact similarities here; the evaluate stage counts them in
+    histogram bins, so its min / median / max may differ from these by a bin width.
+
+    >>> emb = np.array([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0]])
+    >>> class_rates_at(emb, np.array([0, 0, 1, 1]), 0.9)[["FAR", "FRR"]].to_numpy().tolist()
+    [[0.0, 0.0], [0.0, 0.0]]
+    """
+    x = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    classes, y = np.unique(labels, return_inverse=True)
+    k = len(classes)
+    pos = np.zeros(k)
+    pos_in = np.zeros(k)
+    neg = np.zeros(k)
+    neg_in = np.zeros(k)
+    for start in range(0, len(y), _ROWS_PER_BLOCK):
+        rows = slice(start, start + _ROWS_PER_BLOCK)
+        accepted = x[rows] @ x.T >= threshold
+        same = y[rows, None] == y[None, :]
+        same[np.arange(same.shape[0]), np.arange(start, start + same.shape[0])] = False  # not a pair with itself
+        other = y[rows, None] != y[None, :]
+        for total, hits, mask in ((pos, pos_in, same), (neg, neg_in, other)):
+            total += np.bincount(y[rows], weights=mask.sum(axis=1), minlength=k)
+            hits += np.bincount(y[rows], weights=(mask & accepted).sum(axis=1), minlength=k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return pd.DataFrame({"class": [str(c) for c in classes], "FAR": neg_in / neg,
+                             "FRR": np.where(pos > 0, 1.0 - pos_in / pos, np.nan)})
+
+
+def class_rates(cfg: Config, pairs: list[Pair]) -> pd.DataFrame:
+    """Per pair, both runs' per-class FAR and FRR at their own global threshold (metrics.json's
+    threshold_report: the threshold where the overall FAR meets evaluation.target_far), on the
+    pair's first common seed with embeddings. curves.csv cannot give these: it samples only the
+    calibration range (overall FAR in evaluation.opis.far_range), which lies below the global
+    threshold of a small target FAR, so the rates come from the seed's embeddings.npz."""
+    frames = []
+    for p in pairs:
+        names = (p.without, p.with_tcm)
+        seed = _first_seed(cfg, names, RunDir.seed_embeddings)
+        if seed is None:
+            continue
+        for name in names:
+            tr = json.loads(cfg.run_dir(name).seed_metrics(seed).read_text()).get("threshold_report")
+            if not tr:
+                continue
+            emb, labels = _load_embeddings(cfg.run_dir(name).seed_embeddings(seed))
+            frames.append(class_rates_at(emb, labels, tr["threshold"]).assign(
+                comparison=p.key, run=name, tcm=cfg.runs[name].tcm.enabled, seed=seed, threshold=tr["threshold"],
+                **{"target FAR": tr["target_far"], "overall FRR": tr["overall_frr"]}))
+    columns = ["comparison", "run", "tcm", "seed", "class", "threshold", "target FAR", "FAR", "FRR", "overall FRR"]
+    return pd.concat(frames)[columns].reset_index(drop=True) if frames else pd.DataFrame(columns=columns)
 
 
 def _load_embeddings(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -643,6 +745,11 @@ def _readme(cfg: Config, summary: pd.DataFrame, comparison: pd.DataFrame, claims
         "paired seeds of every pair ([tables/tcm_comparison_per_seed.md](tables/tcm_comparison_per_seed.md)) |",
         "| per-class utility vs threshold, without and with TCM (figure 2 style) | `figures/utility_*.png` | "
         "`curves.csv` of each pair's first common seed |",
+        "| per-class FAR and FRR at the one global threshold of the target FAR, without and with TCM | "
+        "[figures/class_rates.png](figures/class_rates.png) | `embeddings.npz` and `metrics.json` (threshold) of "
+        "each pair's first common seed; data in `plots/class_rates.csv` |",
+        "| per-class utility vs threshold of each run, mean over seeds (band = min to max) | "
+        "`figures/utility_run_*.png` | `curves.csv` of every evaluated seed; data in `plots/utility.csv` |",
         "| accuracy vs OPIS landscape with its Pareto frontier | "
         "[figures/opis_vs_recall.png](figures/opis_vs_recall.png) | every evaluated run, mean ± sd over seeds "
         "(the `landscape` profile for the paper's study) |",
@@ -677,6 +784,45 @@ def _readme(cfg: Config, summary: pd.DataFrame, comparison: pd.DataFrame, claims
     lines += ["## Executed notebooks", "",
               "`notebooks/`: the executed copy of every stage's notebook (DVC outputs).", ""]
     return "\n".join(lines)
+
+
+# The executed report notebook's sections: heading -> the tables (stems) and figures (stem prefixes) under it,
+# in order; anything else written goes under the last heading.
+NOTEBOOK_SECTIONS = (
+    ("The paper's claims, checked", ("claims",)),
+    ("Runs (mean ± sd over seeds, and seed by seed)", ("runs", "runs_per_seed", "per_seed", "opis_vs_recall")),
+    ("Without vs with TCM (paired over seeds)", ("tcm_comparison", "tcm_comparison_per_seed", "tcm_effect")),
+    ("One global threshold: per-class FAR and FRR", ("thresholds", "class_rates")),
+    ("Per-class utility vs threshold", ("utility_",)),
+    ("Similarities and embeddings", ("similarities_", "embeddings_")),
+    ("Training curves", ("training_curves",)),
+    ("Results tables per data set", ()),
+)
+
+
+def notebook_sections(written: dict[str, list[Path]]) -> list[tuple[str, list[Path]]]:
+    """The Markdown tables and figures of :func:`run` grouped under :data:`NOTEBOOK_SECTIONS` (empty
+    sections left out)."""
+    items = [p for p in written["tables"] if p.suffix == ".md"] + list(written["figures"])
+
+    def section(p: Path) -> int:
+        for i, (_, stems) in enumerate(NOTEBOOK_SECTIONS):
+            if any(p.stem == s or (s.endswith("_") and p.stem.startswith(s)) for s in stems):
+                return i
+        return len(NOTEBOOK_SECTIONS) - 1
+
+    groups = [(heading, [p for p in items if section(p) == i]) for i, (heading, _) in enumerate(NOTEBOOK_SECTIONS)]
+    return [(heading, paths) for heading, paths in groups if paths]
+
+
+def show(written: dict[str, list[Path]]) -> None:
+    """The report in the executed notebook: a heading per section, then its tables and figures."""
+    from IPython.display import Image, Markdown, display
+
+    for heading, paths in notebook_sections(written):
+        display(Markdown(f"## {heading}"))
+        for p in paths:
+            display(Markdown(p.read_text()) if p.suffix == ".md" else Image(filename=str(p)))
 
 
 LOSS_PARTS = ("loss", "base_loss", "tcm_loss")
@@ -799,14 +945,22 @@ def run(cfg: Config, tracker: Tracker | None = None) -> dict[str, list[Path]]:
         made.update(pair_made)
         for n in (p.without, p.with_tcm):
             owned.setdefault(n, []).extend(pair_made.values())
-    for name in cfg.runs:  # per-class utility curves of every evaluated run, its first evaluated seed
-        seed = _first_seed(cfg, (name,), RunDir.seed_curves)
-        if seed is not None:
-            curves = pd.read_csv(cfg.run_dir(name).seed_curves(seed), dtype={"class": str})
-            title = f"Per-class utility vs threshold: {name} (seed {seed})"
-            made[title] = figures.save(run_utility(curves, f"{name} (seed {seed}): per-class utility"),
-                                       fig_dir / f"utility_run_{name}.png")
-            owned.setdefault(name, []).append(made[title])
+    utility = {}  # run -> per-class utility, mean over its evaluated seeds (also the DVC plot's data)
+    for name in cfg.runs:
+        seeds = [s for s in evaluated_seeds(cfg, name) if cfg.run_dir(name).seed_curves(s).is_file()]
+        if not seeds:
+            continue
+        utility[name] = utility_over_seeds([pd.read_csv(cfg.run_dir(name).seed_curves(s), dtype={"class": str})
+                                            for s in seeds])
+        title = f"Per-class utility vs threshold: {name} (mean over seeds {_seed_list(seeds)}, band = min to max)"
+        made[title] = figures.save(figures.utility_over_seeds(
+            utility[name], f"{name}: per-class utility, mean over {len(seeds)} seed{'s' * (len(seeds) != 1)}"),
+            fig_dir / f"utility_run_{name}.png")
+        owned.setdefault(name, []).append(made[title])
+    rates = class_rates(cfg, pairs)
+    if not rates.empty:
+        made["Per-class FAR and FRR at the global threshold (target FAR), without / with TCM"] = figures.save(
+            figures.class_rates(rates, float(rates["target FAR"].iloc[0])), fig_dir / "class_rates.png")
     evaluated = summary[summary["n"] > 0]
     if not evaluated.empty:
         made["Accuracy vs OPIS, all runs (mean ± sd over seeds)"] = figures.save(
@@ -822,8 +976,15 @@ def run(cfg: Config, tracker: Tracker | None = None) -> dict[str, list[Path]]:
         made["Training curves (mean over seeds, band = min to max)"] = figures.save(
             figures.training_curves(histories), fig_dir / "training_curves.png")
     (reports / "plots").mkdir(parents=True, exist_ok=True)
-    with atomic_path(reports / "plots" / "training_curves.csv") as tmp:
-        curves_long(histories).to_csv(tmp, index=False)
+    # The data of dvc.yaml's `plots:` (`dvc plots diff` overlays them across experiments).
+    utility_columns = ["run", "class", "threshold", "utility"]
+    plot_data = {"training_curves.csv": curves_long(histories),
+                 "utility.csv": pd.concat([u.assign(run=n)[utility_columns] for n, u in utility.items()])
+                 if utility else pd.DataFrame(columns=utility_columns),
+                 "class_rates.csv": rates[["run", "seed", "class", "threshold", "FAR", "FRR"]]}
+    for file, data in plot_data.items():
+        with atomic_path(reports / "plots" / file) as tmp:
+            data.to_csv(tmp, index=False)
 
     write_json(reports / "metrics.json", top_metrics(summary))
     write_text(reports / "README.md", _readme(cfg, summary, comparison, claims, tables, made, reports))
