@@ -59,7 +59,7 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def project_root(cfg: Config) -> Path:
+def store_root(cfg: Config) -> Path:
     """Where relative MLflow paths start: the DVC project (also from a queued experiment's temporary
     copy), else params.yaml's folder."""
     root = os.environ.get("DVC_ROOT")
@@ -68,7 +68,7 @@ def project_root(cfg: Config) -> Path:
 
 def store_paths(cfg: Config) -> tuple[Path, Path]:
     """(SQLite file, artifact folder) of the project's MLflow store, absolute."""
-    root = project_root(cfg)
+    root = store_root(cfg)
     db = Path(cfg.mlflow.tracking_uri.removeprefix("sqlite:///"))
     artifacts = Path(cfg.mlflow.artifact_location)
     return (root / db).resolve(), (root / artifacts).resolve()
