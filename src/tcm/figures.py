@@ -13,6 +13,7 @@ from matplotlib.ticker import MaxNLocator
 
 from tcm.atomic import atomic_path
 from tcm.notebook import draw_utility
+from tcm.runfiles import LOSS_PARTS
 
 # Matplotlib writes dates into PNG and PDF files; without them unchanged results give unchanged files.
 _METADATA = {".png": {"Software": None}, ".pdf": {"CreationDate": None, "Producer": None}}
@@ -149,7 +150,7 @@ def training_curves(histories: dict[str, pd.DataFrame]) -> plt.Figure:
     for i, (name, h) in enumerate(histories.items()):
         colour = colours(i % colours.N)
         n = h["seed"].nunique() if "seed" in h else 1
-        for ax, col in zip(axes, ("loss", "base_loss", "tcm_loss")):
+        for ax, col in zip(axes, LOSS_PARTS):
             g = h.groupby("epoch")[col].agg(["mean", "min", "max"])
             ax.plot(g.index, g["mean"], marker=".", color=colour, label=f"{name} ({n} seed{'s' * (n != 1)})")
             ax.fill_between(g.index, g["min"], g["max"], color=colour, alpha=0.2, lw=0)

@@ -28,7 +28,7 @@ from tcm import figures
 from tcm.atomic import atomic_path, write_json, write_text
 from tcm.config import Config
 from tcm.provenance import stale_reason
-from tcm.runfiles import RunDir
+from tcm.runfiles import LOSS_PARTS, RunDir
 from tcm.stats import HEADLINE, Z_95, Z_POWER_80, headline, paired_difference, seeds_needed, spread, verdict
 from tcm.tracking import Tracker
 
@@ -823,9 +823,6 @@ def show(written: dict[str, list[Path]]) -> None:
         display(Markdown(f"## {heading}"))
         for p in paths:
             display(Markdown(p.read_text()) if p.suffix == ".md" else Image(filename=str(p)))
-
-
-LOSS_PARTS = ("loss", "base_loss", "tcm_loss")
 
 
 def curves_long(histories: dict[str, pd.DataFrame]) -> pd.DataFrame:

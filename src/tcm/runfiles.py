@@ -23,6 +23,8 @@ from pathlib import Path
 from tcm.errors import TcmError
 
 _SEED_DIR = re.compile(r"seed-(\d+)")
+# The loss columns of history.csv (and of the training step's losses): the total, its base-loss and TCM parts.
+LOSS_PARTS = ("loss", "base_loss", "tcm_loss")
 
 
 class CheckpointError(TcmError, ValueError):

@@ -62,7 +62,7 @@ from tcm.losses import Criterion, build_criterion
 from tcm.losses.margins import quantile_margins, ramp
 from tcm.models import build_model, structure_signature
 from tcm.progress import Progress
-from tcm.runfiles import CheckpointError, RunDir
+from tcm.runfiles import LOSS_PARTS, CheckpointError, RunDir
 from tcm.samplers import RskSampler
 from tcm.tracking import Tracker
 
@@ -366,7 +366,6 @@ def _compiles(setting: bool | str, device: torch.device) -> bool:
 # Steps between the loop's reads of the loss on the host (progress bar, finiteness): each read waits
 # for the GPU to finish the queued work, so reading every step would serialise host and device.
 SYNC_EVERY = 25
-LOSS_PARTS = ("loss", "base_loss", "tcm_loss")
 
 
 class LossMeter:
