@@ -4,8 +4,6 @@ the plots here) so that editing a report figure does not re-run training under D
 
 from __future__ import annotations
 
-import io
-import os
 import sys
 from contextlib import contextmanager, redirect_stderr
 from typing import Iterator, Mapping
@@ -19,33 +17,13 @@ from tcm.config import Config
 from tcm.stats import headline, spread
 
 
-class _Tee(io.TextIOBase):
-    """Text to the notebook's stdout and, as bytes, to the kernel process's own stderr (a file descriptor)."""
-
-    def __init__(self, fd: int | None) -> None:
-        self.fd = fd
-
-    def write(self, text: str) -> int:
-        sys.stdout.write(text)
-        if self.fd is not None:
-            os.write(self.fd, text.encode(errors="replace"))
-        return len(text)
-
-    def flush(self) -> None:
-        sys.stdout.flush()
-
-
 @contextmanager
 def plain_progress() -> Iterator[None]:
-    """Within the block, what tcm prints on stderr (the progress bar, one line per epoch) shows in the
-    notebook as plain output (stdout), not as Jupyter's pink error boxes; the same text still goes to the
-    kernel process's real stderr, which `tcm notebook` (and so `dvc repro`) leaves on the terminal
-    (ipykernel gives it as ``sys.stderr.fileno()``). The command-line twins print as before."""
-    try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
-        fd = None  # no process stream behind it (e.g. a kernel without fd capture): notebook only
-    with redirect_stderr(_Tee(fd)):
+    """Within the block, what tcm prints on stderr (progress lines, one line per epoch) shows in the
+    notebook as plain output (stdout), not as Jupyter's pink error boxes. `tcm notebook` (and so
+    `dvc repro`) passes the kernel's stdout on to the terminal as it arrives, so the terminal still gets
+    it. The command-line twins print as before."""
+    with redirect_stderr(sys.stdout):
         yield
 
 

@@ -273,10 +273,12 @@ def run_notebook(source: Path, output: Path, parameters: dict[str, str]) -> int:
 
     with _stop_handling(source) as stopper, tempfile.TemporaryDirectory(prefix="tcm-kernel-") as sockets:
         try:
-            # coalesce_streams: one stderr output per cell in the executed copy, progress bars reduced to
-            # their last state, instead of one output per update.
+            # Both streams of the kernel go to the terminal as they arrive (notebook.plain_progress shows
+            # progress as stdout, so the notebook has no error boxes); coalesce_streams: one output per
+            # stream and cell in the executed copy, progress bars reduced to their last state.
             papermill.execute_notebook(str(source), str(output), parameters=parameters, kernel_name=KERNEL,
-                                       progress_bar=False, stderr_file=sys.stderr, cwd=None, coalesce_streams=True,
+                                       progress_bar=False, stdout_file=sys.stderr, stderr_file=sys.stderr, cwd=None,
+                                       coalesce_streams=True,
                                        **_ipc_kernel_manager(Path(sockets)))
         except PapermillExecutionError as e:
             if e.ename in user_error_names():
