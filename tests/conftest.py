@@ -1,16 +1,28 @@
-"""Shared fixtures: small params files built from the repository's own params.yaml."""
+"""Shared fixtures and helpers (tests import them from here, never from each other): small params files
+built from the repository's profiles, project copies, training on digits, embeddings with known
+structure, the one-line fault check, and hand-made run folders for the report."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+import torch
 import yaml
+
+from tcm import report, train
+from tcm.cli import main
+from tcm.config import Config, load_config, parse_config, resolved_run
+from tcm.data import prepare
+from tcm.provenance import evaluation_record
 
 REPO = Path(__file__).resolve().parents[1]
 E2E_RUNS = ("digits-ms", "digits-ms-tcm")
@@ -105,3 +117,165 @@ def project(tmp_path_factory) -> Path:
     first = run_command(["dvc", "repro"], dest)
     (dest / "first_repro.log").write_text(first.stdout)
     return dest
+
+
+# ---------------------------------------------------------------- training on digits (test_train*.py, faults)
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory) -> Path:
+    """sklearn digits written as PNG files (train: digits 0-4), shared by the training tests."""
+    cfg = parse_config(tiny_params())
+    out = tmp_path_factory.mktemp("data") / "digits"
+    prepare(cfg.dataset("digits"), out)
+    return out
+
+
+def params_for(tmp: Path, data: Path, *, epochs: int = 2, mlflow: bool = False, **train_overrides) -> dict:
+    """One run, `r`: the default digits run (small CNN, multi-similarity) made small."""
+    p = tiny_params(runs=("digits-ms",), epochs=epochs, mlflow=mlflow)
+    p["runs"] = {"r": p["runs"]["digits-ms"]}
+    # paths must lie inside the project (tmp): a link there to the shared prepared data (not prepared again)
+    if not (tmp / "data").exists():
+        tmp.mkdir(parents=True, exist_ok=True)
+        (tmp / "data").symlink_to(data.parent, target_is_directory=True)
+    p["paths"] = {"data": str(tmp / "data"), "runs": str(tmp / "runs"), "reports": str(tmp / "reports")}
+    p["mlflow"]["tracking_uri"] = f"sqlite:///{tmp / 'mlflow.db'}"
+    p["mlflow"]["artifact_location"] = str(tmp / "mlartifacts")
+    p["run_defaults"]["train"].update(train_overrides)
+    return p
+
+
+def config_for(tmp: Path, data: Path, **kw):
+    return load_config(write_params(tmp / "params.yaml", params_for(tmp, data, **kw)))
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_after(monkeypatch, seed: int, epoch: int) -> None:
+    """Make training stop (as a kill would) right after the checkpoint of ``seed`` at ``epoch``."""
+    real = train.save_checkpoint
+
+    def save(path, state):
+        real(path, state)
+        if state["seed"] == seed and state["epoch"] == epoch:
+            raise Interrupted
+
+    monkeypatch.setattr(train, "save_checkpoint", save)
+
+
+def checkpoint_of(tmp: Path, seed: int = 0) -> dict:
+    return torch.load(tmp / f"runs/r/train/seed-{seed}/checkpoint.pt", weights_only=True)
+
+
+# ---------------------------------------------------------------- data
+def dyadic(n: int, n_classes: int, seed: int, dim: int = 8, spread: int = 6, singletons: int = 3,
+           duplicates: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Clustered integer vectors / 64; a few singleton classes and duplicated rows (exact ties)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.integers(-14, 15, size=(n_classes, dim))
+    y = rng.integers(0, n_classes, size=n)
+    k = np.clip(centres[y] + rng.integers(-spread, spread + 1, size=(n, dim)), -20, 20)
+    k[np.abs(k).sum(1) == 0, 0] = 1
+    k[rng.choice(n, duplicates, replace=False)] = k[rng.choice(n, duplicates, replace=False)]
+    y[:singletons] = n_classes + np.arange(singletons)  # classes with one image
+    return k / 64.0, y
+
+
+def continuous(n: int, n_classes: int, seed: int, dim: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, n_classes, size=n)
+    return rng.normal(size=(n_classes, dim))[y] + 0.9 * rng.normal(size=(n, dim)), y
+
+
+# ---------------------------------------------------------------- faults
+
+
+def fails_in_one_line(capsys: pytest.CaptureFixture, argv: list[str], *words: str) -> str:
+    """Run the command line; it must return 2 with exactly one line on stderr holding ``words``."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    lines = [line for line in err.splitlines() if line.startswith("tcm")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
+# ---------------------------------------------------------------- hand-made run folders (report)
+
+
+REPORT_RUNS = ("digits-ms", "digits-ms-tcm", "digits-pa", "digits-pa-tcm")
+
+
+MS, PA = "digits/small_cnn/multi_similarity", "digits/small_cnn/proxy_anchor"
+# Made-up per-seed results (seeds 0, 1, 2). digits-ms -> -tcm: OPIS down but not significantly,
+# R@1 up significantly. digits-pa -> -tcm: OPIS down significantly, R@1 down but not significantly.
+REPORT_OPIS = {"digits-ms": [0.010, 0.014, 0.012], "digits-ms-tcm": [0.008, 0.011, 0.012],
+               "digits-pa": [0.020, 0.022, 0.021], "digits-pa-tcm": [0.010, 0.011, 0.012]}
+REPORT_R1 = {"digits-ms": [0.80, 0.82, 0.81], "digits-ms-tcm": [0.83, 0.84, 0.84],
+             "digits-pa": [0.90, 0.91, 0.92], "digits-pa-tcm": [0.90, 0.905, 0.915]}
+
+
+def make_cfg(tmp_path: Path, seeds: list[int]) -> Config:
+    p = tiny_params(REPORT_RUNS)
+    p["run_defaults"]["train"].pop("seed", None)
+    p["run_defaults"]["train"]["seeds"] = seeds
+    return parse_config(p, base_dir=tmp_path)
+
+
+def write_seed(cfg: Config, run: str, seed: int, r1: float, opis: float, **extra: float) -> None:
+    """One seed's evaluate outputs: metrics.json (``extra``: more keys, e.g. neg_cos_median), a tiny
+    curves.csv and 2-D embeddings."""
+    d = cfg.run_dir(run)
+    d.seed_metrics(seed).parent.mkdir(parents=True, exist_ok=True)
+    rates = {"min": 0.0, "median": 0.001, "max": 0.01, "worst_share_mean": 0.008}
+    # settings.json records the checkpoint and settings the results came from (as the evaluate stage does)
+    record = evaluation_record(f"h{seed}", resolved_run(cfg, run))
+    d.seed_settings(seed).write_text(json.dumps({"run": run, "seed": seed, "provenance": record}))
+    d.seed_metrics(seed).write_text(json.dumps({
+        "recall_at_k": {"1": r1, "2": r1 + 0.05, "4": 0.97, "8": 0.99}, "map_at_r": r1 / 2, "r_precision": r1 / 1.5,
+        "opis": opis, "eps_opis": 5 * opis,
+        "threshold_report": {"target_far": 0.001, "threshold": 0.6, "overall_far": 0.001, "overall_frr": 0.2,
+                             "worst_share": 0.05, "class_far": rates, "class_frr": rates}, **extra}))
+    t = np.linspace(0.2, 0.8, 5)
+    curves = pd.concat([pd.DataFrame({"class": c, "threshold": t, "tpr": 1 - t / 2, "tnr": t,
+                                      "utility": 0.5 + k * t / 10}) for k, c in enumerate(["0", "1", "overall"])])
+    curves.to_csv(d.seed_curves(seed), index=False)
+    rng = np.random.default_rng(seed)
+    d.seed_embeddings(seed).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(d.seed_embeddings(seed), embeddings=rng.normal(size=(30, 2)), labels=np.repeat(np.arange(3), 10))
+
+
+def write_train(cfg: Config, run: str, seeds: list[int]) -> None:
+    """history.csv (one row per seed and epoch) and run.json with a config hash per seed."""
+    d = cfg.run_dir(run)
+    d.root.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame([{"seed": s, "epoch": e, "loss": 2.0 / e + s / 10, "base_loss": 1.5 / e, "tcm_loss": 0.1 * s,
+                   "lr": 0.001, "images_per_s": 500.0, "seconds": 1.0} for s in seeds for e in (1, 2)]).to_csv(
+        d.history, index=False)
+    seed_info = {str(s): {"config_hash": f"h{s}"} for s in seeds}
+    d.info.write_text(json.dumps({"run": run, "settings": resolved_run(cfg, run), "seeds": seed_info}))
+
+
+def populate(cfg: Config, seeds: dict[str, list[int]]) -> None:
+    for run, ss in seeds.items():
+        write_train(cfg, run, ss)
+        for s in ss:
+            write_seed(cfg, run, s, REPORT_R1[run][s], REPORT_OPIS[run][s])
+
+
+@pytest.fixture
+def full(tmp_path: Path) -> Config:
+    cfg = make_cfg(tmp_path, [0, 1, 2])
+    populate(cfg, dict.fromkeys(REPORT_RUNS, [0, 1, 2]))
+    return cfg
+
+
+def tables(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    per_seed = report.per_seed_table(cfg)
+    summary = report.run_summary(cfg, per_seed)
+    return per_seed, summary, report.comparison_table(summary, report.find_pairs(cfg), per_seed)

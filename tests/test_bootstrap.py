@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_metrics import continuous, dyadic
+from conftest import continuous, dyadic
 
 from tcm.config import ConfigError, EvaluationConfig, parse_config
 from tcm.metrics import Grid, ScanOptions, evaluate_embeddings

@@ -53,7 +53,7 @@ def test_evaluate_cli_refuses_a_pickled_checkpoint_in_one_line(tmp_path, capsys)
 
 
 @pytest.mark.slow
-def test_a_model_that_cannot_be_built_fails_in_one_line_and_keeps_the_checkpoints(tmp_path, capsys) -> None:
+def test_a_model_that_cannot_be_builtfails_in_one_line_and_keeps_the_checkpoints(tmp_path, capsys) -> None:
     params = tiny_params(runs=("digits-ms",), epochs=1)
     params["paths"] = {"data": str(tmp_path / "data"), "runs": str(tmp_path / "runs"), "reports": str(tmp_path)}
     good = write_params(tmp_path / "params.yaml", params)

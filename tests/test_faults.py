@@ -16,23 +16,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import copy_project, run_command, tiny_params, tree_digest, write_params
-from test_train import digits_dir, params_for  # noqa: F401  (fixture)
+from conftest import copy_project, fails_in_one_line, params_for, run_command, tiny_params, tree_digest, write_params
 
 from tcm.cli import main
 from tcm.config import load_config
-
-
-def _fails_in_one_line(capsys: pytest.CaptureFixture, argv: list[str], *words: str) -> str:
-    """Run the command line; it must return 2 with exactly one line on stderr holding ``words``."""
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    lines = [line for line in err.splitlines() if line.startswith("tcm")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-    return lines[0]
 
 
 def _params_text(tmp_path: Path, text: str) -> str:
@@ -52,7 +39,7 @@ def test_duplicate_run_is_refused_with_both_lines(tmp_path, capsys) -> None:
     text += "  digits-ms:\n    dataset: digits\n"  # a second run of the same name: YAML would keep this one
     path = _params_text(tmp_path, text)
     for argv in (["check-params", "--params", path], ["train", "digits-ms", "--params", path]):
-        _fails_in_one_line(capsys, argv, path, f"line {text.count(chr(10)) - 1}: duplicate key 'digits-ms'",
+        fails_in_one_line(capsys, argv, path, f"line {text.count(chr(10)) - 1}: duplicate key 'digits-ms'",
                            f"first given at line {first}")
 
 
@@ -60,7 +47,7 @@ def test_duplicate_setting_is_refused(tmp_path, capsys) -> None:
     path = _params_text(tmp_path, "datasets:\n  d: {source: sklearn_digits, train_classes: [0, 1]}\n"
                         "runs:\n  r:\n    dataset: d\n    model: {backbone: small_cnn}\n    loss: {name: contrastive}\n"
                         "    train:\n      epochs: 8\n      epochs: 1\n")
-    _fails_in_one_line(capsys, ["check-params", "--params", path], "line 10", "'epochs'", "first given at line 9")
+    fails_in_one_line(capsys, ["check-params", "--params", path], "line 10", "'epochs'", "first given at line 9")
 
 
 @pytest.mark.parametrize("name", ["../../evil", "a b", "x:y", "", "-rf", "a/b", "ü"])
@@ -69,8 +56,8 @@ def test_unsafe_run_names_are_refused_before_anything_is_written(tmp_path, capsy
     p["runs"] = {name: p["runs"]["digits-ms"]}
     p["paths"] = {"runs": str(tmp_path / "project/runs")}
     path = str(write_params(tmp_path / "params.yaml", p))
-    _fails_in_one_line(capsys, ["check-params", "--params", path], f"runs.{name}", "not allowed")
-    _fails_in_one_line(capsys, ["train", "--params", path, "--", name], "not allowed")
+    fails_in_one_line(capsys, ["check-params", "--params", path], f"runs.{name}", "not allowed")
+    fails_in_one_line(capsys, ["train", "--params", path, "--", name], "not allowed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
@@ -79,7 +66,7 @@ def test_unsafe_dataset_name_is_refused(tmp_path, capsys) -> None:
     p["datasets"] = {"my data": p["datasets"]["digits"]}
     p["runs"]["digits-ms"]["dataset"] = "my data"
     path = str(write_params(tmp_path / "params.yaml", p))
-    _fails_in_one_line(capsys, ["check-params", "--params", path], "datasets.my data", "not allowed")
+    fails_in_one_line(capsys, ["check-params", "--params", path], "datasets.my data", "not allowed")
 
 
 @pytest.mark.parametrize("key,value,words", [
@@ -95,21 +82,21 @@ def test_impossible_numbers_are_refused(tmp_path, capsys, key, value, words) -> 
     p["run_defaults"]["train"][key] = value
     path = str(write_params(tmp_path / "params.yaml", p))
     # Three runs inherit the value: it is reported once, where it was written.
-    _fails_in_one_line(capsys, ["check-params", "--params", path], f"run_defaults.train.{key}", words)
+    fails_in_one_line(capsys, ["check-params", "--params", path], f"run_defaults.train.{key}", words)
 
 
 def test_non_finite_loss_parameter_is_one_message(tmp_path, capsys) -> None:
     p = tiny_params(runs=("digits-ms",))
     p["runs"]["digits-ms"]["loss"]["params"] = {"alpha": float("nan")}
     path = str(write_params(tmp_path / "params.yaml", p))
-    _fails_in_one_line(capsys, ["check-params", "--params", path], "runs.digits-ms.loss.params", "alpha", "finite")
+    fails_in_one_line(capsys, ["check-params", "--params", path], "runs.digits-ms.loss.params", "alpha", "finite")
 
 
 def test_batch_with_more_classes_than_the_train_split_fails_at_validate(tmp_path, capsys) -> None:
     p = tiny_params(runs=("digits-ms",))
     p["run_defaults"]["train"].update(batch_size=160, m_per_class=16)  # 10 classes; digits train on 5
     path = str(write_params(tmp_path / "params.yaml", p))
-    _fails_in_one_line(capsys, ["check-params", "--params", path], "runs.digits-ms.train.batch_size",
+    fails_in_one_line(capsys, ["check-params", "--params", path], "runs.digits-ms.train.batch_size",
                        "10 distinct train classes", "trains on 5")
 
 
@@ -117,19 +104,19 @@ def test_cross_reference_errors_have_no_placeholder_prefix(tmp_path, capsys) -> 
     p = tiny_params(runs=("digits-ms",))
     p["runs"]["digits-ms"]["dataset"] = "nope"
     path = str(write_params(tmp_path / "params.yaml", p))
-    line = _fails_in_one_line(capsys, ["check-params", "--params", path], "runs.digits-ms.dataset", "'nope'")
+    line = fails_in_one_line(capsys, ["check-params", "--params", path], "runs.digits-ms.dataset", "'nope'")
     assert "<top level>" not in line
 
 
 def test_non_utf8_params_file(tmp_path, capsys) -> None:
     path = tmp_path / "params.yaml"
     path.write_bytes(b"datasets:\n  d: {source: sklearn_digits}\n# caf\xe9\n")
-    _fails_in_one_line(capsys, ["check-params", "--params", str(path)], str(path), "line 3", "UTF-8")
+    fails_in_one_line(capsys, ["check-params", "--params", str(path)], str(path), "line 3", "UTF-8")
 
 
 def test_empty_params_file(tmp_path, capsys) -> None:
     path = _params_text(tmp_path, "")
-    _fails_in_one_line(capsys, ["check-params", "--params", path], path, "empty", "tcm profile")
+    fails_in_one_line(capsys, ["check-params", "--params", path], path, "empty", "tcm profile")
 
 
 def test_profile_with_duplicate_key_is_refused_and_params_kept(tmp_path, capsys) -> None:
@@ -149,7 +136,7 @@ def test_profile_with_duplicate_key_is_refused_and_params_kept(tmp_path, capsys)
 # ---------------------------------------------------------------- training
 
 
-def test_second_trainer_on_the_same_run_is_refused(tmp_path, capsys, digits_dir) -> None:  # noqa: F811
+def test_second_trainer_on_the_same_run_is_refused(tmp_path, capsys, digits_dir) -> None:
     from tcm.locks import exclusive
 
     path = write_params(tmp_path / "params.yaml", params_for(tmp_path, digits_dir, epochs=1))
@@ -169,7 +156,7 @@ def test_second_trainer_on_the_same_run_is_refused(tmp_path, capsys, digits_dir)
     t.start()
     try:
         assert holder_ready.wait(600)
-        line = _fails_in_one_line(capsys, ["train", "r", "--params", str(path)], "run r is in use by pid",
+        line = fails_in_one_line(capsys, ["train", "r", "--params", str(path)], "run r is in use by pid",
                                   str(os.getpid()), str(run_dir.lock))
     finally:
         release.set()
@@ -197,15 +184,15 @@ def test_lock_is_released_when_the_holder_is_killed(tmp_path) -> None:
         pass
 
 
-def test_huge_lr_stops_with_run_epoch_and_steps(tmp_path, capsys, digits_dir) -> None:  # noqa: F811
+def test_huge_lr_stops_with_run_epoch_and_steps(tmp_path, capsys, digits_dir) -> None:
     path = write_params(tmp_path / "params.yaml", params_for(tmp_path, digits_dir, epochs=3, lr=1e12))
-    line = _fails_in_one_line(capsys, ["train", "r", "--params", str(path)], "run r seed 0", "the loss stayed at",
+    line = fails_in_one_line(capsys, ["train", "r", "--params", str(path)], "run r seed 0", "the loss stayed at",
                               "steps of epoch", "train.lr 1e+12", "checkpoint")
     ckpt = load_config(path).run_dir("r").checkpoint(0)
     assert ckpt.is_file(), line
 
 
-def test_nan_loss_is_one_line_on_the_command_line(tmp_path, capsys, digits_dir, monkeypatch) -> None:  # noqa: F811
+def test_nan_loss_is_one_line_on_the_command_line(tmp_path, capsys, digits_dir, monkeypatch) -> None:
     from tcm import train
 
     real = train.build_criterion
@@ -223,12 +210,12 @@ def test_nan_loss_is_one_line_on_the_command_line(tmp_path, capsys, digits_dir, 
 
     monkeypatch.setattr(train, "build_criterion", poisoned)
     path = write_params(tmp_path / "params.yaml", params_for(tmp_path, digits_dir, epochs=1))
-    _fails_in_one_line(capsys, ["train", "r", "--params", str(path)], "run r seed 0: loss is nan at epoch 1, step 1",
+    fails_in_one_line(capsys, ["train", "r", "--params", str(path)], "run r seed 0: loss is nan at epoch 1, step 1",
                        "last good checkpoint")
 
 
 @pytest.mark.slow
-def test_training_ends_its_mlflow_runs(tmp_path, digits_dir) -> None:  # noqa: F811
+def test_training_ends_its_mlflow_runs(tmp_path, digits_dir) -> None:
     from mlflow.tracking import MlflowClient
 
     path = write_params(tmp_path / "params.yaml", params_for(tmp_path, digits_dir, epochs=1, mlflow=True, seeds=[0, 1]))

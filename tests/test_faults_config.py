@@ -21,7 +21,7 @@ from tcm.config import LOSS_PARAMS
 PROFILES = REPO / "profiles"
 
 
-def _fails_in_one_line(capsys: pytest.CaptureFixture, argv: list[str], *words: str) -> str:
+def fails_in_one_line(capsys: pytest.CaptureFixture, argv: list[str], *words: str) -> str:
     """Run the command line; it must return 2 with exactly one line on stderr holding ``words``."""
     capsys.readouterr()
     assert main(argv) == 2
@@ -72,9 +72,9 @@ def test_a_loss_parameter_of_the_wrong_type_is_refused_before_training(tmp_path,
     if where == "run_defaults":
         p["runs"]["digits-ms"].pop("loss", None)
     path = str(_project(tmp_path, p))
-    _fails_in_one_line(capsys, ["check-params", "--params", path], path, f"{where}.loss.params.{said}")
+    fails_in_one_line(capsys, ["check-params", "--params", path], path, f"{where}.loss.params.{said}")
     # `tcm train` used to die here with a 45-line TypeError at the first step; now nothing is written
-    _fails_in_one_line(capsys, ["train", "digits-ms", "--params", path], f"{where}.loss.params.{key}")
+    fails_in_one_line(capsys, ["train", "digits-ms", "--params", path], f"{where}.loss.params.{key}")
     assert sorted(x.name for x in (tmp_path / "project").iterdir()) == ["params.yaml"]
 
 
@@ -82,7 +82,7 @@ def test_rs_at_k_k_values_and_temperatures_must_pair(tmp_path, capsys) -> None:
     p = tiny_params(runs=("digits-ms",))
     p["runs"]["digits-ms"]["loss"] = {"name": "rs_at_k", "params": {"k_values": [1, 2], "k_temperatures": [1]}}
     path = str(_project(tmp_path, p))
-    _fails_in_one_line(capsys, ["check-params", "--params", path], "runs.digits-ms.loss", "k_values", "[1, 2]", "[1]")
+    fails_in_one_line(capsys, ["check-params", "--params", path], "runs.digits-ms.loss", "k_values", "[1, 2]", "[1]")
 
 
 def test_every_loss_accepts_its_own_defaults_as_typed() -> None:
@@ -158,7 +158,7 @@ def test_counts_have_upper_bounds(tmp_path, capsys, key, value) -> None:
     _set(p, key, value)
     path = str(_project(tmp_path, p))
     shown = key if key != "run_defaults.train.seeds" else "run_defaults.train.seeds.0"
-    _fails_in_one_line(capsys, ["check-params", "--params", path], path, shown, "less than or equal",
+    fails_in_one_line(capsys, ["check-params", "--params", path], path, shown, "less than or equal",
                        str(value[0] if isinstance(value, list) else value))
 
 
@@ -176,8 +176,8 @@ def test_an_empty_experiment_name_is_refused(tmp_path, capsys, name: str) -> Non
     p = tiny_params(runs=("digits-ms",), mlflow=True)
     p["mlflow"]["experiment"] = name
     path = str(_project(tmp_path, p))
-    _fails_in_one_line(capsys, ["check-params", "--params", path], path, "mlflow.experiment", repr(name))
-    _fails_in_one_line(capsys, ["train", "digits-ms", "--params", path], "mlflow.experiment")
+    fails_in_one_line(capsys, ["check-params", "--params", path], path, "mlflow.experiment", repr(name))
+    fails_in_one_line(capsys, ["train", "digits-ms", "--params", path], "mlflow.experiment")
     assert sorted(x.name for x in (tmp_path / "project").iterdir()) == ["params.yaml"]
 
 
@@ -193,8 +193,8 @@ def test_output_paths_outside_the_project_are_refused(tmp_path, capsys, key: str
     p = tiny_params(runs=("digits-ms",), mlflow=True)
     _set(p, key, value)
     path = str(_project(tmp_path, p))
-    _fails_in_one_line(capsys, ["check-params", "--params", path], path, key, repr(value), "outside the project")
-    _fails_in_one_line(capsys, ["data", "prepare", "digits", "--params", path], key)
+    fails_in_one_line(capsys, ["check-params", "--params", path], path, key, repr(value), "outside the project")
+    fails_in_one_line(capsys, ["data", "prepare", "digits", "--params", path], key)
     assert sorted(x.name for x in tmp_path.iterdir()) == ["project"]
 
 
@@ -233,10 +233,10 @@ def _rename(old: str, new: str):
 
 
 def _profile_fails(capsys, profiles: Path, out: Path, *words: str) -> str:
-    line = _fails_in_one_line(capsys, ["profile", "paper", "--profiles", str(profiles), "--out", str(out)], *words)
+    line = fails_in_one_line(capsys, ["profile", "paper", "--profiles", str(profiles), "--out", str(out)], *words)
     assert out.read_text() == "keep me\n"  # params.yaml untouched
     # check-params on the profile says the same
-    assert _fails_in_one_line(capsys, ["check-params", "--params", str(profiles / "paper.yaml")], *words) == line
+    assert fails_in_one_line(capsys, ["check-params", "--params", str(profiles / "paper.yaml")], *words) == line
     return line
 
 

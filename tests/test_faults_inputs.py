@@ -23,7 +23,7 @@ from tcm.data.manifest import write_manifest
 from tcm.errors import OPTIONAL_PACKAGES, TcmError
 
 
-def _fails_in_one_line(capsys: pytest.CaptureFixture, argv: list[str], *words: str) -> str:
+def fails_in_one_line(capsys: pytest.CaptureFixture, argv: list[str], *words: str) -> str:
     """Run the command line; it must return 2 with exactly one line on stderr, starting `tcm` and holding
     ``words``."""
     capsys.readouterr()
@@ -61,14 +61,14 @@ def test_out_and_curves_naming_one_file_are_refused(spelling: int, arrays, tmp_p
     (tmp_path / "sub").mkdir()
     out, curves = _spellings(tmp_path)[spelling]
     (tmp_path / "m.json").write_text("earlier\n")  # an earlier result: must survive
-    _fails_in_one_line(capsys, ["evaluate", *arrays, "--out", out, "--curves", curves, "--device", "cpu"],
+    fails_in_one_line(capsys, ["evaluate", *arrays, "--out", out, "--curves", curves, "--device", "cpu"],
                        "tcm evaluate: error: --out", "--curves", "same file")
     assert (tmp_path / "m.json").read_text() == "earlier\n"
 
 
 def test_dot_slash_spelling_is_the_same_file(arrays, tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    _fails_in_one_line(capsys, ["evaluate", *arrays, "--out", "m.json", "--curves", "./m.json"], "same file")
+    fails_in_one_line(capsys, ["evaluate", *arrays, "--out", "m.json", "--curves", "./m.json"], "same file")
     assert not (tmp_path / "m.json").exists()
 
 
@@ -76,9 +76,9 @@ def test_dot_slash_spelling_is_the_same_file(arrays, tmp_path, capsys, monkeypat
 def test_output_that_is_a_folder_or_an_input_is_refused(flag: str, arrays, tmp_path, capsys) -> None:
     other = {"--out": ["--curves", str(tmp_path / "c.csv")], "--curves": ["--out", str(tmp_path / "m.json")]}[flag]
     (tmp_path / "folder").mkdir()
-    _fails_in_one_line(capsys, ["evaluate", *arrays, flag, tmp_path / "folder", *other], flag, "is a folder")
+    fails_in_one_line(capsys, ["evaluate", *arrays, flag, tmp_path / "folder", *other], flag, "is a folder")
     before = arrays[1].read_bytes()
-    _fails_in_one_line(capsys, ["evaluate", *arrays, flag, arrays[1], *other], flag, "is the LABELS file")
+    fails_in_one_line(capsys, ["evaluate", *arrays, flag, arrays[1], *other], flag, "is the LABELS file")
     assert arrays[1].read_bytes() == before
 
 
@@ -92,7 +92,7 @@ def test_distinct_out_and_curves_still_work(arrays, tmp_path) -> None:
 # --- 6. absurd --n-thresholds; other commands' output files that are folders ---------------------------
 
 def test_absurd_n_thresholds_is_refused_before_any_work(arrays, tmp_path, capsys) -> None:
-    _fails_in_one_line(capsys, ["evaluate", *arrays, "--out", tmp_path / "m.json", "--n-thresholds", "1000000000"],
+    fails_in_one_line(capsys, ["evaluate", *arrays, "--out", tmp_path / "m.json", "--n-thresholds", "1000000000"],
                        "--n-thresholds", "less than or equal to 1000000", "1000000000")
     assert not (tmp_path / "m.json").exists()
 
@@ -107,7 +107,7 @@ def test_output_file_that_is_a_folder_is_refused(argv: list[str], flag: str, tmp
     folder = tmp_path / "folder"
     folder.mkdir()
     argv = [a.format(params=params, folder=folder) for a in argv]
-    _fails_in_one_line(capsys, argv, f"{flag} {folder}: is a folder", "name a file")
+    fails_in_one_line(capsys, argv, f"{flag} {folder}: is a folder", "name a file")
     assert folder.is_dir() and not any(folder.iterdir())
 
 
@@ -130,7 +130,7 @@ def test_empty_split_names_the_split_data_set_and_manifest(split: str, tmp_path,
     with pytest.raises(DataError, match=f"the {split} split of data set 'digits' is empty"):
         read_manifest(manifest.parent)
     # Training reads the manifest first thing: either empty split stops it there, named as such.
-    line = _fails_in_one_line(capsys, ["train", "digits-ms", "--params", params], str(manifest), f"the {split} split",
+    line = fails_in_one_line(capsys, ["train", "digits-ms", "--params", params], str(manifest), f"the {split} split",
                               "data set 'digits'", "tcm data prepare digits")
     assert "batch_size" not in line and "recall_k" not in line
 
@@ -152,7 +152,7 @@ def test_manifest_path_leaving_the_data_root_is_refused_where_read(bad: str, tmp
     assert f"row 3 (line 4): {bad!r}" in str(e.value) or (not bad and "row 3 (line 4)" in str(e.value))
     assert "tcm data prepare digits" in str(e.value)
     # And so from every command that reads a manifest, e.g. re-encoding it (which would write outside too).
-    _fails_in_one_line(capsys, ["data", "preprocess", "--in", manifest.parent, "--out", tmp_path / "small"],
+    fails_in_one_line(capsys, ["data", "preprocess", "--in", manifest.parent, "--out", tmp_path / "small"],
                        str(manifest), "row 3 (line 4)", "escapes the data set folder")
     assert not (tmp_path / "small").exists()
 
@@ -188,7 +188,7 @@ def test_report_without_the_pipeline_extra_is_one_line(module: str, tmp_path, ca
     monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ModuleNotFoundError
     monkeypatch.setattr("tcm.report.run", _import_in_report(module, tmp_path))
     params = write_params(tmp_path / "params.yaml", tiny_params())
-    _fails_in_one_line(capsys, ["report", "--params", params], f"optional package {module} is not installed",
+    fails_in_one_line(capsys, ["report", "--params", params], f"optional package {module} is not installed",
                        "pip install -e '.[pipeline]'")
 
 
@@ -200,7 +200,7 @@ def test_pipeline_commands_without_the_extra_are_one_line(module: str, argv: lis
                                                           monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, module, None)
     monkeypatch.chdir(tmp_path)
-    _fails_in_one_line(capsys, argv, f"optional package {module} is not installed", "pip install -e '.[pipeline]'")
+    fails_in_one_line(capsys, argv, f"optional package {module} is not installed", "pip install -e '.[pipeline]'")
 
 
 def test_a_missing_non_optional_module_keeps_its_traceback(monkeypatch) -> None:
@@ -282,7 +282,7 @@ def test_truncated_image_is_named_by_data_prepare(fmt: str, what: str, cub: Path
     if fmt == "PNG":  # a PNG under the index's .jpg name: the format is PIL's, not the name's
         _image(victim, "PNG")
     _truncate(victim)
-    _fails_in_one_line(capsys, args, f"{victim}: {what}", "1 problem", "download or extract the data set again",
+    fails_in_one_line(capsys, args, f"{victim}: {what}", "1 problem", "download or extract the data set again",
                        "tcm data prepare")
     assert (out / "manifest.csv").read_bytes() == before
 
@@ -348,6 +348,6 @@ def test_training_on_a_truncated_image_is_one_line(tmp_path, capsys) -> None:
     train = [tmp_path / "data/digits" / p for p in table.path[table.split == "train"]]
     for path in train:  # all of them, as a copy cut short would: the sampler draws only some images
         _truncate(path)
-    line = _fails_in_one_line(capsys, ["train", "digits-ms", "--params", params], "cannot decode image",
+    line = fails_in_one_line(capsys, ["train", "digits-ms", "--params", params], "cannot decode image",
                               "tcm data prepare")
     assert any(line.startswith(f"tcm: error: {p}: ") for p in train), line

@@ -16,9 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import copy_project, tiny_params, tree_digest, write_params
-from test_faults import _fails_in_one_line
-from test_train import digits_dir, params_for  # noqa: F401  (fixture)
+from conftest import copy_project, fails_in_one_line, params_for, tiny_params, tree_digest, write_params
 
 from tcm.cli import main
 from tcm.config import load_config
@@ -88,19 +86,19 @@ def _deleted_experiment(db: Path, monkeypatch) -> None:
     (_read_only, ("mlflow.db is read-only",)),
     (_deleted_experiment, ("MLflow experiment 'tcm-default'", "is deleted", "mlflow experiments restore")),
 ])
-def test_unusable_mlflow_store_is_one_line_and_keeps_the_checkpoints(tmp_path, capsys, monkeypatch, digits_dir,  # noqa: F811
+def test_unusable_mlflow_store_is_one_line_and_keeps_the_checkpoints(tmp_path, capsys, monkeypatch, digits_dir,
                                                                      damage, words) -> None:
     path, run_root = _trained(tmp_path, digits_dir)
     before = _results(run_root)
     damage(tmp_path / "mlflow.db", monkeypatch)
     t0 = time.monotonic()
-    _fails_in_one_line(capsys, ["train", "r", "--params", str(path)], *words)
+    fails_in_one_line(capsys, ["train", "r", "--params", str(path)], *words)
     assert time.monotonic() - t0 < 60  # a read-only store is not retried as if busy
     assert _results(run_root) == before  # the finished run's checkpoint, history and run.json
 
 
 @pytest.mark.slow
-def test_held_store_lock_times_out_naming_its_holder(tmp_path, capsys, monkeypatch, digits_dir) -> None:  # noqa: F811
+def test_held_store_lock_times_out_naming_its_holder(tmp_path, capsys, monkeypatch, digits_dir) -> None:
     from tcm.locks import exclusive
 
     path, run_root = _trained(tmp_path, digits_dir)
@@ -117,7 +115,7 @@ def test_held_store_lock_times_out_naming_its_holder(tmp_path, capsys, monkeypat
     holder.start()
     try:
         assert ready.wait(600)
-        _fails_in_one_line(capsys, ["train", "r", "--params", str(path)], "MLflow store", "still in use by pid",
+        fails_in_one_line(capsys, ["train", "r", "--params", str(path)], "MLflow store", "still in use by pid",
                            str(os.getpid()), "after 1 s", "mlflow.db.lock")
     finally:
         release.set()
@@ -128,18 +126,18 @@ def test_held_store_lock_times_out_naming_its_holder(tmp_path, capsys, monkeypat
 # ---------------------------------------------------------------- settings that fail only once training starts
 
 
-def test_loss_parameter_the_loss_rejects_keeps_the_checkpoint(tmp_path, capsys, digits_dir) -> None:  # noqa: F811
+def test_loss_parameter_the_loss_rejects_keeps_the_checkpoint(tmp_path, capsys, digits_dir) -> None:
     path, run_root = _trained(tmp_path, digits_dir, mlflow=False)
     before = _results(run_root)
     p = params_for(tmp_path, digits_dir, epochs=1)
     p["runs"]["r"]["loss"]["params"] = {"alpha": "two"}  # refused by params.yaml's checks (config.LOSS_PARAMS)
     write_params(path, p)
-    _fails_in_one_line(capsys, ["train", "r", "--params", str(path)], "runs.r.loss.params.alpha", "'two'")
+    fails_in_one_line(capsys, ["train", "r", "--params", str(path)], "runs.r.loss.params.alpha", "'two'")
     assert _results(run_root) == before
 
 
 def test_loss_constructor_error_is_named_before_anything_is_moved(tmp_path, capsys, monkeypatch,
-                                                                  digits_dir) -> None:  # noqa: F811
+                                                                  digits_dir) -> None:
     """What the typed params let through but the loss refuses (here: any value) stops in the preflight."""
     from tcm.losses import registry
 
@@ -151,16 +149,16 @@ def test_loss_constructor_error_is_named_before_anything_is_moved(tmp_path, caps
 
     monkeypatch.setitem(registry.BASE_LOSSES, "multi_similarity", refuse)
     write_params(path, params_for(tmp_path, digits_dir, epochs=1))
-    _fails_in_one_line(capsys, ["train", "r", "--params", str(path)], "runs.r.loss.params",
+    fails_in_one_line(capsys, ["train", "r", "--params", str(path)], "runs.r.loss.params",
                        "ValueError: alpha must be below beta")
     assert _results(run_root) == before
 
 
-def test_huge_samples_per_epoch_is_refused_before_anything_is_moved(tmp_path, capsys, digits_dir) -> None:  # noqa: F811
+def test_huge_samples_per_epoch_is_refused_before_anything_is_moved(tmp_path, capsys, digits_dir) -> None:
     path, run_root = _trained(tmp_path, digits_dir, mlflow=False)
     before = _results(run_root)
     write_params(path, params_for(tmp_path, digits_dir, epochs=1, samples_per_epoch=10**15))
-    _fails_in_one_line(capsys, ["train", "r", "--params", str(path)], "run_defaults.train.samples_per_epoch",
+    fails_in_one_line(capsys, ["train", "r", "--params", str(path)], "run_defaults.train.samples_per_epoch",
                        "less than or equal to 100000000")
     assert _results(run_root) == before
 
@@ -169,13 +167,13 @@ def test_huge_samples_per_epoch_is_refused_before_anything_is_moved(tmp_path, ca
 
 
 def test_too_little_disk_for_a_checkpoint_is_refused_before_anything_is_moved(tmp_path, capsys, monkeypatch,
-                                                                               digits_dir) -> None:  # noqa: F811
+                                                                               digits_dir) -> None:
     from tcm import train
 
     path, run_root = _trained(tmp_path, digits_dir, mlflow=False)
     before = _results(run_root)
     monkeypatch.setattr(train, "free_bytes", lambda p: 1000)
-    _fails_in_one_line(capsys, ["train", "r", "--params", str(path)], "no space left on device",
+    fails_in_one_line(capsys, ["train", "r", "--params", str(path)], "no space left on device",
                        str(run_root / "train"), "MiB free", "nothing was changed")
     assert _results(run_root) == before
 
@@ -199,11 +197,11 @@ def _full_disk_at_save(monkeypatch, from_epoch: int) -> None:
 
 
 def test_full_disk_while_saving_says_so_and_keeps_the_last_epoch(tmp_path, capsys, monkeypatch,
-                                                                 digits_dir) -> None:  # noqa: F811
+                                                                 digits_dir) -> None:
     path = write_params(tmp_path / "params.yaml", params_for(tmp_path, digits_dir, epochs=3))
     _full_disk_at_save(monkeypatch, from_epoch=2)
     ckpt = load_config(path).run_dir("r").checkpoint(0)
-    line = _fails_in_one_line(capsys, ["train", "r", "--params", str(path)], f"cannot write {ckpt}",
+    line = fails_in_one_line(capsys, ["train", "r", "--params", str(path)], f"cannot write {ckpt}",
                               "no space left on device", "the previous checkpoint is kept", "epoch 1")
     assert "inline_container" not in line
     assert torch.load(ckpt, weights_only=True)["epoch"] == 1
@@ -211,7 +209,7 @@ def test_full_disk_while_saving_says_so_and_keeps_the_last_epoch(tmp_path, capsy
 
 
 def test_full_disk_in_a_new_attempt_puts_the_finished_run_back(tmp_path, capsys, monkeypatch,
-                                                               digits_dir) -> None:  # noqa: F811
+                                                               digits_dir) -> None:
     path, run_root = _trained(tmp_path, digits_dir, mlflow=False)
     before = _results(run_root)
     _full_disk_at_save(monkeypatch, from_epoch=0)  # the new attempt cannot save even its first checkpoint
@@ -229,7 +227,7 @@ def test_full_disk_in_a_new_attempt_puts_the_finished_run_back(tmp_path, capsys,
 
 
 @pytest.mark.slow
-def test_file_size_limit_is_refused_before_anything_is_moved(tmp_path, digits_dir) -> None:  # noqa: F811
+def test_file_size_limit_is_refused_before_anything_is_moved(tmp_path, digits_dir) -> None:
     """`ulimit -f` below a checkpoint's size: refused by name before the finished run is touched (the
     partial checkpoint of a new attempt never lands beside the old metrics)."""
     import resource
@@ -246,7 +244,7 @@ def test_file_size_limit_is_refused_before_anything_is_moved(tmp_path, digits_di
     assert _results(run_root) == before
 
 
-def test_read_only_run_folder_is_one_line_naming_it(tmp_path, capsys, monkeypatch, digits_dir) -> None:  # noqa: F811
+def test_read_only_run_folder_is_one_line_naming_it(tmp_path, capsys, monkeypatch, digits_dir) -> None:
     path, run_root = _trained(tmp_path, digits_dir, mlflow=False)
     before = _results(run_root)
     if ROOT:
@@ -262,7 +260,7 @@ def test_read_only_run_folder_is_one_line_naming_it(tmp_path, capsys, monkeypatc
         for p in [run_root, *run_root.rglob("*")]:
             p.chmod(0o555 if p.is_dir() else 0o444)
     try:
-        line = _fails_in_one_line(capsys, ["train", "r", "--params", str(path)], f"cannot write {run_root}",
+        line = fails_in_one_line(capsys, ["train", "r", "--params", str(path)], f"cannot write {run_root}",
                                   "nothing was changed")
     finally:
         monkeypatch.undo()
@@ -272,7 +270,7 @@ def test_read_only_run_folder_is_one_line_naming_it(tmp_path, capsys, monkeypatc
     assert _results(run_root) == before
 
 
-def test_killed_while_aside_puts_the_earlier_run_back(tmp_path, capsys, digits_dir) -> None:  # noqa: F811
+def test_killed_while_aside_puts_the_earlier_run_back(tmp_path, capsys, digits_dir) -> None:
     """A process killed (kill -9) after moving train/ aside and before its first trained epoch: the next
     call puts the earlier folder back before deciding anything."""
     from tcm.atomic import write_json
@@ -294,7 +292,7 @@ def test_killed_while_aside_puts_the_earlier_run_back(tmp_path, capsys, digits_d
 
 @pytest.mark.slow
 def test_ctrl_c_names_what_was_kept_and_ends_the_mlflow_run_killed(tmp_path, capsys, monkeypatch,
-                                                                   digits_dir) -> None:  # noqa: F811
+                                                                   digits_dir) -> None:
     from tcm import train
 
     path = write_params(tmp_path / "params.yaml", params_for(tmp_path, digits_dir, epochs=3, mlflow=True,
@@ -308,7 +306,7 @@ def test_ctrl_c_names_what_was_kept_and_ends_the_mlflow_run_killed(tmp_path, cap
 
     monkeypatch.setattr(train, "save_checkpoint", save)
     ckpt = load_config(path).run_dir("r").checkpoint(1)
-    _fails_in_one_line(capsys, ["train", "r", "--params", str(path)],
+    fails_in_one_line(capsys, ["train", "r", "--params", str(path)],
                        f"interrupted: run r seed 1 kept at epoch 2 of 3 in {ckpt}; seeds [0] finished; rerun to resume")
     assert {r.info.run_name: r.info.status for r in _mlflow_runs(tmp_path)} == {"r-s0": "FINISHED", "r-s1": "KILLED"}
 
@@ -329,7 +327,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 300) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_during_train_is_one_line_and_the_rerun_resumes(tmp_path, digits_dir, sig) -> None:  # noqa: F811
+def test_signal_during_train_is_one_line_and_the_rerun_resumes(tmp_path, digits_dir, sig) -> None:
     path = write_params(tmp_path / "params.yaml", params_for(tmp_path, digits_dir, epochs=40, mlflow=True,
                                                              samples_per_epoch=320))
     proc = _train_process(path)
@@ -348,7 +346,7 @@ def test_signal_during_train_is_one_line_and_the_rerun_resumes(tmp_path, digits_
 
 
 @pytest.mark.slow
-def test_evaluate_interrupted_says_so_for_evaluation(tmp_path, capsys, monkeypatch, digits_dir) -> None:  # noqa: F811
+def test_evaluate_interrupted_says_so_for_evaluation(tmp_path, capsys, monkeypatch, digits_dir) -> None:
     from tcm import evaluate
 
     path, run_root = _trained(tmp_path, digits_dir, mlflow=False)
@@ -357,7 +355,7 @@ def test_evaluate_interrupted_says_so_for_evaluation(tmp_path, capsys, monkeypat
         raise KeyboardInterrupt
 
     monkeypatch.setattr(evaluate, "embed", interrupted)
-    line = _fails_in_one_line(capsys, ["evaluate", "--run", "r", "--params", str(path)],
+    line = fails_in_one_line(capsys, ["evaluate", "--run", "r", "--params", str(path)],
                               "interrupted: evaluation of run r", "rerun")
     assert "completed epochs" not in line  # the training message it gave before
 
@@ -381,7 +379,7 @@ def _kernels_of(pid: int) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the kernel process through /proc")
-def test_ctrl_c_in_the_train_stage_notebook_stops_the_kernel_with_one_line(tmp_path, digits_dir) -> None:  # noqa: F811
+def test_ctrl_c_in_the_train_stage_notebook_stops_the_kernel_with_one_line(tmp_path, digits_dir) -> None:
     path = write_params(tmp_path / "params.yaml", params_for(tmp_path, digits_dir, epochs=40, mlflow=True,
                                                              samples_per_epoch=320))
     proc = _stage_process(path, tmp_path / "out.ipynb")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import continuous, dyadic
 
 import tcm.metrics
 from tcm.config import EvaluationConfig
@@ -34,24 +35,8 @@ def retrieval_metrics(e: np.ndarray, y: np.ndarray, recall_k: list[int], assume_
     return evaluate_embeddings(e, y, EvaluationConfig(recall_k=recall_k, **settings), options=options).metrics
 
 
-# ---------------------------------------------------------------- data
-def dyadic(n: int, n_classes: int, seed: int, dim: int = 8, spread: int = 6, singletons: int = 3,
-           duplicates: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """Clustered integer vectors / 64; a few singleton classes and duplicated rows (exact ties)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.integers(-14, 15, size=(n_classes, dim))
-    y = rng.integers(0, n_classes, size=n)
-    k = np.clip(centres[y] + rng.integers(-spread, spread + 1, size=(n, dim)), -20, 20)
-    k[np.abs(k).sum(1) == 0, 0] = 1
-    k[rng.choice(n, duplicates, replace=False)] = k[rng.choice(n, duplicates, replace=False)]
-    y[:singletons] = n_classes + np.arange(singletons)  # classes with one image
-    return k / 64.0, y
 
 
-def continuous(n: int, n_classes: int, seed: int, dim: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, n_classes, size=n)
-    return rng.normal(size=(n_classes, dim))[y] + 0.9 * rng.normal(size=(n, dim)), y
 
 
 # ---------------------------------------------------------------- brute force

@@ -13,84 +13,16 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tiny_params
+from conftest import MS, PA, make_cfg, populate, tables, tiny_params, write_seed
+from conftest import REPORT_OPIS as OPIS
+from conftest import REPORT_R1 as R1
+from conftest import REPORT_RUNS as RUNS
 
 from tcm import figures, report
-from tcm.config import Config, parse_config, resolved_run
+from tcm.config import Config, parse_config
 from tcm.notebook import LEGEND_CLASSES, NAMED_OUTLIERS, draw_utility, plot_history, run_utility, utility_gaps
-from tcm.provenance import evaluation_record
 
 matplotlib.use("Agg")
-
-RUNS = ("digits-ms", "digits-ms-tcm", "digits-pa", "digits-pa-tcm")
-MS, PA = "digits/small_cnn/multi_similarity", "digits/small_cnn/proxy_anchor"
-# Made-up per-seed results (seeds 0, 1, 2). digits-ms -> -tcm: OPIS down but not significantly,
-# R@1 up significantly. digits-pa -> -tcm: OPIS down significantly, R@1 down but not significantly.
-OPIS = {"digits-ms": [0.010, 0.014, 0.012], "digits-ms-tcm": [0.008, 0.011, 0.012],
-        "digits-pa": [0.020, 0.022, 0.021], "digits-pa-tcm": [0.010, 0.011, 0.012]}
-R1 = {"digits-ms": [0.80, 0.82, 0.81], "digits-ms-tcm": [0.83, 0.84, 0.84],
-      "digits-pa": [0.90, 0.91, 0.92], "digits-pa-tcm": [0.90, 0.905, 0.915]}
-
-
-def make_cfg(tmp_path: Path, seeds: list[int]) -> Config:
-    p = tiny_params(RUNS)
-    p["run_defaults"]["train"].pop("seed", None)
-    p["run_defaults"]["train"]["seeds"] = seeds
-    return parse_config(p, base_dir=tmp_path)
-
-
-def write_seed(cfg: Config, run: str, seed: int, r1: float, opis: float, **extra: float) -> None:
-    """One seed's evaluate outputs: metrics.json (``extra``: more keys, e.g. neg_cos_median), a tiny
-    curves.csv and 2-D embeddings."""
-    d = cfg.run_dir(run)
-    d.seed_metrics(seed).parent.mkdir(parents=True, exist_ok=True)
-    rates = {"min": 0.0, "median": 0.001, "max": 0.01, "worst_share_mean": 0.008}
-    # settings.json records the checkpoint and settings the results came from (as the evaluate stage does)
-    record = evaluation_record(f"h{seed}", resolved_run(cfg, run))
-    d.seed_settings(seed).write_text(json.dumps({"run": run, "seed": seed, "provenance": record}))
-    d.seed_metrics(seed).write_text(json.dumps({
-        "recall_at_k": {"1": r1, "2": r1 + 0.05, "4": 0.97, "8": 0.99}, "map_at_r": r1 / 2, "r_precision": r1 / 1.5,
-        "opis": opis, "eps_opis": 5 * opis,
-        "threshold_report": {"target_far": 0.001, "threshold": 0.6, "overall_far": 0.001, "overall_frr": 0.2,
-                             "worst_share": 0.05, "class_far": rates, "class_frr": rates}, **extra}))
-    t = np.linspace(0.2, 0.8, 5)
-    curves = pd.concat([pd.DataFrame({"class": c, "threshold": t, "tpr": 1 - t / 2, "tnr": t,
-                                      "utility": 0.5 + k * t / 10}) for k, c in enumerate(["0", "1", "overall"])])
-    curves.to_csv(d.seed_curves(seed), index=False)
-    rng = np.random.default_rng(seed)
-    d.seed_embeddings(seed).parent.mkdir(parents=True, exist_ok=True)
-    np.savez(d.seed_embeddings(seed), embeddings=rng.normal(size=(30, 2)), labels=np.repeat(np.arange(3), 10))
-
-
-def write_train(cfg: Config, run: str, seeds: list[int]) -> None:
-    """history.csv (one row per seed and epoch) and run.json with a config hash per seed."""
-    d = cfg.run_dir(run)
-    d.root.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame([{"seed": s, "epoch": e, "loss": 2.0 / e + s / 10, "base_loss": 1.5 / e, "tcm_loss": 0.1 * s,
-                   "lr": 0.001, "images_per_s": 500.0, "seconds": 1.0} for s in seeds for e in (1, 2)]).to_csv(
-        d.history, index=False)
-    seed_info = {str(s): {"config_hash": f"h{s}"} for s in seeds}
-    d.info.write_text(json.dumps({"run": run, "settings": resolved_run(cfg, run), "seeds": seed_info}))
-
-
-def populate(cfg: Config, seeds: dict[str, list[int]]) -> None:
-    for run, ss in seeds.items():
-        write_train(cfg, run, ss)
-        for s in ss:
-            write_seed(cfg, run, s, R1[run][s], OPIS[run][s])
-
-
-@pytest.fixture
-def full(tmp_path: Path) -> Config:
-    cfg = make_cfg(tmp_path, [0, 1, 2])
-    populate(cfg, dict.fromkeys(RUNS, [0, 1, 2]))
-    return cfg
-
-
-def tables(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    per_seed = report.per_seed_table(cfg)
-    summary = report.run_summary(cfg, per_seed)
-    return per_seed, summary, report.comparison_table(summary, report.find_pairs(cfg), per_seed)
 
 
 def test_summary_is_mean_sd_and_n_over_seeds(full: Config) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_train import Interrupted, checkpoint_of, config_for, digits_dir, interrupt_after  # noqa: F401  (fixture)
+from conftest import Interrupted, checkpoint_of, config_for, interrupt_after
 from torch.utils.data import Dataset
 
 from tcm import train
@@ -187,7 +187,7 @@ class Labels(Dataset):
         return i, int(self.labels[i])
 
 
-def test_loader_notes_classes_never_drawn_and_refuses_an_empty_epoch(tmp_path, digits_dir, capsys) -> None:  # noqa: F811
+def test_loader_notes_classes_never_drawn_and_refuses_an_empty_epoch(tmp_path, digits_dir, capsys) -> None:
     run = config_for(tmp_path, digits_dir, batch_size=8, m_per_class=4, sampler="rsk").run("r")
     loader = train.make_loader(Labels(labels_of(HAND)), run, "r", torch.device("cpu"))
     assert isinstance(loader.sampler, RskSampler) and loader.batch_size == 8
@@ -201,7 +201,7 @@ def test_loader_notes_classes_never_drawn_and_refuses_an_empty_epoch(tmp_path, d
 
 
 @pytest.mark.slow
-def test_rsk_training_runs_and_resumes_bit_identically(tmp_path, digits_dir, monkeypatch, capsys) -> None:  # noqa: F811
+def test_rsk_training_runs_and_resumes_bit_identically(tmp_path, digits_dir, monkeypatch, capsys) -> None:
     # batch 200 = the 5 digits x 40: each epoch is floor(smallest class / 40) steps of 200 images.
     kw = dict(epochs=2, batch_size=200, m_per_class=40, sampler="rsk")
     sizes = np.unique(ManifestDataset(read_manifest(digits_dir), "train").labels, return_counts=True)[1]

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import write_params
-from test_train import digits_dir, params_for  # noqa: F401  (fixture)
+from conftest import params_for, write_params
 
 from tcm.cli import main
 
@@ -23,7 +22,7 @@ def _report(capsys: pytest.CaptureFixture, path: Path, reports: Path) -> tuple[p
 
 
 @pytest.mark.slow
-def test_report_leaves_out_results_of_another_training_or_other_settings(tmp_path, capsys, digits_dir) -> None:  # noqa: F811
+def test_report_leaves_out_results_of_another_training_or_other_settings(tmp_path, capsys, digits_dir) -> None:
     path = write_params(tmp_path / "params.yaml", params_for(tmp_path, digits_dir, epochs=1))
     reports = tmp_path / "reports"
     assert main(["train", "r", "--params", str(path)]) == 0

@@ -9,7 +9,7 @@ import matplotlib.patches
 import matplotlib.pyplot
 import numpy as np
 import pytest
-from test_report import MS, PA, full, tables  # noqa: F401  (fixture)
+from conftest import MS, PA, tables
 
 from tcm import figures, report
 from tcm.config import ConfigError, DatasetConfig, load_config, parse_config
@@ -149,7 +149,7 @@ def test_circular_span_wraps_around_180_degrees() -> None:
     assert start == pytest.approx(175.0) and end == pytest.approx(185.0)
 
 
-def test_chance_level_pairs_are_marked_and_left_out_of_the_claims(full) -> None:  # noqa: F811
+def test_chance_level_pairs_are_marked_and_left_out_of_the_claims(full) -> None:
     _, _, cmp = tables(full)
     cmp = cmp.copy()
     cmp["learned"] = ["did not learn" if c == PA else "yes" for c in cmp["comparison"]]

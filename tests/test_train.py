@@ -10,44 +10,21 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_params, write_params
+from conftest import Interrupted, checkpoint_of, config_for, interrupt_after, write_params
 from torch import nn
 
 from tcm import train
-from tcm.config import LossConfig, ModelConfig, TCMConfig, load_config, parse_config
-from tcm.data import prepare
+from tcm.config import LossConfig, ModelConfig, TCMConfig, load_config
 from tcm.losses import build_criterion
 from tcm.models import build_model
 
 # ---------------------------------------------------------------- helpers shared by test_train_*.py
 
 
-@pytest.fixture(scope="session")
-def digits_dir(tmp_path_factory) -> Path:
-    """sklearn digits written as PNG files (train: digits 0-4), shared by the training tests."""
-    cfg = parse_config(tiny_params())
-    out = tmp_path_factory.mktemp("data") / "digits"
-    prepare(cfg.dataset("digits"), out)
-    return out
 
 
-def params_for(tmp: Path, data: Path, *, epochs: int = 2, mlflow: bool = False, **train_overrides) -> dict:
-    """One run, `r`: the default digits run (small CNN, multi-similarity) made small."""
-    p = tiny_params(runs=("digits-ms",), epochs=epochs, mlflow=mlflow)
-    p["runs"] = {"r": p["runs"]["digits-ms"]}
-    # paths must lie inside the project (tmp): a link there to the shared prepared data (not prepared again)
-    if not (tmp / "data").exists():
-        tmp.mkdir(parents=True, exist_ok=True)
-        (tmp / "data").symlink_to(data.parent, target_is_directory=True)
-    p["paths"] = {"data": str(tmp / "data"), "runs": str(tmp / "runs"), "reports": str(tmp / "reports")}
-    p["mlflow"]["tracking_uri"] = f"sqlite:///{tmp / 'mlflow.db'}"
-    p["mlflow"]["artifact_location"] = str(tmp / "mlartifacts")
-    p["run_defaults"]["train"].update(train_overrides)
-    return p
 
 
-def config_for(tmp: Path, data: Path, **kw):
-    return load_config(write_params(tmp / "params.yaml", params_for(tmp, data, **kw)))
 
 
 # ---------------------------------------------------------------- chunked step == plain step
@@ -234,24 +211,10 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(t
     assert list(pd.read_csv(tmp_path / "runs/r/history.csv").epoch) == [1]
 
 
-class Interrupted(Exception):
-    pass
 
 
-def interrupt_after(monkeypatch, seed: int, epoch: int) -> None:
-    """Make training stop (as a kill would) right after the checkpoint of ``seed`` at ``epoch``."""
-    real = train.save_checkpoint
-
-    def save(path, state):
-        real(path, state)
-        if state["seed"] == seed and state["epoch"] == epoch:
-            raise Interrupted
-
-    monkeypatch.setattr(train, "save_checkpoint", save)
 
 
-def checkpoint_of(tmp: Path, seed: int = 0) -> dict:
-    return torch.load(tmp / f"runs/r/train/seed-{seed}/checkpoint.pt", weights_only=True)
 
 
 def test_finished_run_is_trained_again_with_a_notice(tmp_path, digits_dir, capsys) -> None:

@@ -9,13 +9,12 @@ import sys
 import pandas as pd
 import pytest
 import torch
-from conftest import write_params
-from test_train import digits_dir, params_for  # noqa: F401  (fixture)
+from conftest import params_for, write_params
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("loss,chunk_size", [("proxy_anchor", None), ("rs_at_k", 8)])
-def test_tcm_train_under_torchrun_with_two_processes(tmp_path, digits_dir, loss, chunk_size) -> None:  # noqa: F811
+def test_tcm_train_under_torchrun_with_two_processes(tmp_path, digits_dir, loss, chunk_size) -> None:
     # proxy_anchor: the proxies live outside DDP, their gradients are averaged by hand;
     # chunk_size 8 < 20 images per process: the recomputation syncs gradients on the last chunk only.
     params = params_for(tmp_path, digits_dir, epochs=2, batch_size=40, m_per_class=4, samples_per_epoch=160,

@@ -12,8 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import write_params
-from test_train import digits_dir, params_for  # noqa: F401  (fixture)
+from conftest import params_for, write_params
 
 EPOCHS = 4
 CKPT = "runs/r/train/seed-0/checkpoint.pt"
@@ -32,7 +31,7 @@ def _finish(proc: subprocess.Popen) -> str:
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_bit_identically_and_continues_its_mlflow_run(tmp_path, digits_dir) -> None:  # noqa: F811
+def test_killed_run_resumes_bit_identically_and_continues_its_mlflow_run(tmp_path, digits_dir) -> None:
     # 4 batches of 80 per epoch: long enough to kill the run in its second epoch.
     overrides = dict(epochs=EPOCHS, mlflow=True, samples_per_epoch=320)
     whole_dir, killed_dir = tmp_path / "whole", tmp_path / "killed"
