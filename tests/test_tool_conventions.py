@@ -61,22 +61,38 @@ def test_mlflow_runs_are_tagged_finished_and_carry_their_own_files(project: Path
         tags = r.data.tags
         assert r.info.status == "FINISHED" and tags["dvc.baseline_rev"] == head and tags["dvc.exp_name"], tags
         assert "test.threshold_report.target_far" not in r.data.metrics
-    reported = [r for r in runs if r.data.tags["stage"] == "report"]
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs table
+    reported = [r for r in runs if r.data.tags["stage"] == "report" and "tcm.seed" in r.data.tags]
     assert {(r.data.tags["tcm.run"], r.data.tags["tcm.seed"]) for r in reported} == {
         (n, str(s)) for n in RUNS for s in (0, 1)}
     assert any(r.data.tags["dvc.exp_name"] == "workspace" for r in reported)  # plain `dvc repro`
     for r in reported:
         name, seed = r.data.tags["tcm.run"], r.data.tags["tcm.seed"]
         assert "test.opis" in r.data.metrics
-        files = {a.path for folder in ("model", "results", "notebooks", "figures")
+        files = {a.path for folder in ("results", "notebooks", "figures")
                  for a in client.list_artifacts(r.info.run_id, folder)}
-        assert {"model/model.pt", f"results/seed-{seed}.npz", "results/curves.csv",
+        assert {f"results/seed-{seed}.npz", "results/curves.csv",
                 f"notebooks/train-{name}.html", f"notebooks/evaluate-{name}.html"} <= files, files
+        assert "model" not in {a.path for a in client.list_artifacts(r.info.run_id)}  # no raw model.pt
         figures = {f for f in files if f.startswith("figures/")}
-        assert f"figures/utility_run_{name}.png" in figures
-        # its own figures only: none of another run's, none of the all-runs figures
-        assert not {f"figures/utility_run_{n}.png" for n in RUNS if n != name} & figures, figures
+        # its own figures only, under names equal across runs (the UI's Compare shows them side by side)
+        assert "figures/utility.png" in figures
         assert not figures & {"figures/training_curves.png", "figures/opis_vs_recall.png"}, figures
+        assert not any(n in f for n in RUNS for f in figures), figures
+    # the MLflow model of a seed (pt2 export): opens with mlflow.pytorch and mlflow.pyfunc and embeds a batch
+    _sh([sys.executable, "-c", MODEL_CHECK, f"sqlite:///{project / 'mlflow.db'}", reported[0].info.run_id], project)
+
+
+MODEL_CHECK = """
+import sys, mlflow, mlflow.pytorch, numpy as np, torch
+mlflow.set_tracking_uri(sys.argv[1])
+uri = f"runs:/{sys.argv[2]}/model"
+shape = mlflow.models.get_model_info(uri).signature.inputs.inputs[0].shape
+x = np.random.default_rng(0).random((3, *shape[1:]), dtype=np.float32)
+out = mlflow.pytorch.load_model(uri)(torch.from_numpy(x))
+assert out.shape[0] == 3 and torch.allclose(out.norm(dim=1), torch.ones(3), atol=1e-4), out.shape
+assert mlflow.pyfunc.load_model(uri).predict(x).shape == tuple(out.shape)
+"""
 
 
 def test_explore_opens_an_mlflow_run_id_without_the_workspace_runs(project: Path, tmp_path: Path) -> None:
