@@ -131,7 +131,7 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
         run_id = tracker.find_run(name, state["config_hash"], state.get("code"))
         run_id = seed_run(tracker, name, settings, seed, seed_tags(seed, state["config_hash"], state.get("code")),
                           "evaluate", run_hash, run_id)
-        log_evaluation(tracker, cfg, run_id, name, seed, metrics, model, state)
+        log_evaluation(tracker, cfg, run_id, name, seed, metrics, model, state, manifest, pipeline)
         tracker.end_run(run_id)
     write_json(run_dir.metrics, seed_summary(per_seed))
     if run_hash:

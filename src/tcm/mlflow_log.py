@@ -66,13 +66,12 @@ def seed_run(tracker: Tracker, name: str, settings: Mapping, seed: int, tags: Ma
     return tracker.start_run(name, settings, stage=stage, run_id=run_id, tags={**tags, **extra}, seed=seed)
 
 
-def log_dataset(tracker: Tracker, run_id: str | None, data_dir: Path, dataset: str, split: str) -> None:
-    """The data set's manifest rows of ``split`` as the run's input (context training / testing)."""
+def log_dataset(tracker: Tracker, run_id: str | None, manifest: Any, data_dir: Path, dataset: str,
+                split: str) -> None:
+    """The rows of ``split`` of a data set's manifest (:class:`tcm.data.Manifest`) as the run's input
+    (context training / testing), its source the data set's folder (relative to the project)."""
     if not tracker.enabled or run_id is None:
         return
-    from tcm.data import read_manifest
-
-    manifest = read_manifest(data_dir)
     rows = manifest.table[manifest.table["split"] == split].reset_index(drop=True)
     base = tracker.cfg.base_dir.resolve()
     source = Path(data_dir).resolve()
@@ -80,31 +79,26 @@ def log_dataset(tracker: Tracker, run_id: str | None, data_dir: Path, dataset: s
                       source=str(source.relative_to(base) if source.is_relative_to(base) else source))
 
 
-def example_input(cfg: Config, dataset: str, n: int = EXAMPLE_IMAGES) -> np.ndarray:
-    """The first ``n`` test images as the model sees them: float32 (n, 3, S, S), on the CPU."""
+def example_input(pipeline: Any, n: int = EXAMPLE_IMAGES) -> np.ndarray:
+    """The first ``n`` images of a test pipeline (:class:`tcm.data.batches.InputPipeline`) as the model
+    sees them: float32 (n, 3, S, S), on the CPU."""
     import torch
     from torch.utils.data import default_collate
 
-    from tcm.data import read_manifest
-    from tcm.data.batches import input_pipeline
-
-    manifest = read_manifest(cfg.data_dir(dataset))
-    pipeline = input_pipeline(manifest, "test", cfg.dataset(dataset), cfg.evaluation.decode, torch.device("cpu"),
-                              train=False)
     items = [pipeline.dataset[i] for i in range(min(n, len(pipeline.dataset)))]
     x = (pipeline.collate_fn or default_collate)(items)[0]
-    return pipeline.to_model(x, torch.device("cpu")).numpy()
+    return pipeline.to_model(x, torch.device("cpu")).float().cpu().numpy()
 
 
-def log_model(tracker: Tracker, cfg: Config, run_id: str | None, name: str, model: Any, state: Mapping) -> None:
-    """The trained network as the run's MLflow model ``model`` (pt2, with input example and signature),
-    registered as ``<experiment>-<run>`` under ``mlflow.register_model``."""
+def log_model(tracker: Tracker, cfg: Config, run_id: str | None, name: str, model: Any, state: Mapping,
+              example: np.ndarray) -> None:
+    """The trained network as the run's MLflow model ``model`` (pt2, with the input example ``example``
+    and the signature it gives), registered as ``<experiment>-<run>`` under ``mlflow.register_model``."""
     if not (tracker.enabled and run_id and cfg.mlflow.log_model) or model is None:
         return
     import torch
 
     model = model.to("cpu").eval()
-    example = example_input(cfg, cfg.runs[name].dataset)
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
     meta = {k: state[k] for k in ("epoch", "epochs", "seed", "config_hash", "code") if k in state}
@@ -113,15 +107,17 @@ def log_model(tracker: Tracker, cfg: Config, run_id: str | None, name: str, mode
 
 
 def log_evaluation(tracker: Tracker, cfg: Config, run_id: str | None, name: str, seed: int, metrics: Mapping,
-                   model: Any, state: Mapping) -> None:
-    """A seed's test metrics, result files, test split and model."""
+                   model: Any, state: Mapping, manifest: Any, pipeline: Any) -> None:
+    """A seed's test metrics, result files, test split (of ``manifest``) and model (its input example
+    from the test ``pipeline``)."""
     run_dir = cfg.run_dir(name)
     tracker.log_metrics(run_id, {"test": test_metrics(metrics)})
     tracker.log_artifacts(run_id, [run_dir.seed_metrics(seed), run_dir.seed_settings(seed), run_dir.seed_curves(seed),
                                    run_dir.seed_embeddings(seed), run_dir.info], "results")
     dataset = cfg.runs[name].dataset
-    log_dataset(tracker, run_id, cfg.data_dir(dataset), dataset, "test")
-    log_model(tracker, cfg, run_id, name, model, state)
+    log_dataset(tracker, run_id, manifest, cfg.data_dir(dataset), dataset, "test")
+    if tracker.enabled and run_id and cfg.mlflow.log_model and model is not None:
+        log_model(tracker, cfg, run_id, name, model, state, example_input(pipeline))
 
 
 def summary_metrics(per_seed: Mapping[int, Mapping]) -> dict[str, float]:

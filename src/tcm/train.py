@@ -952,7 +952,7 @@ def _train_seed(a: _Attempt, seed: int, histories: dict[int, list[dict]]) -> tup
     run_id = seed_run(tracker, name, a.settings, seed, seed_tags(seed, seed_hash, a.code, a.env), "train", a.run_hash,
                       run_id)
     if new_run:
-        log_dataset(tracker, run_id, a.data_dir, run_cfg.dataset, "train")
+        log_dataset(tracker, run_id, read_manifest(a.data_dir), a.data_dir, run_cfg.dataset, "train")
     try:
         model = raw_model = parts.model
         if d.enabled:

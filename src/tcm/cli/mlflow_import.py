@@ -42,7 +42,11 @@ def _owned_figures(cfg: Config, fig_dir: Path) -> dict[str, list[Path]]:
 def _import_seed(cfg: Config, tracker: Tracker, name: str, info: dict, seed: int,
                  history: pd.DataFrame | None) -> dict | None:
     """One seed's MLflow run, as train and evaluate log it; returns its test metrics (None: not evaluated)."""
+    import torch
+
     from tcm.checkpoint import load_trained
+    from tcm.data import read_manifest
+    from tcm.data.batches import input_pipeline
     from tcm.runfiles import CheckpointError
 
     run_dir = cfg.run_dir(name)
@@ -51,7 +55,8 @@ def _import_seed(cfg: Config, tracker: Tracker, name: str, info: dict, seed: int
             "tcm.imported": "true"}
     run_id = seed_run(tracker, name, info["settings"], seed, tags, "train", info.get("run_hash"))
     dataset = cfg.runs[name].dataset
-    log_dataset(tracker, run_id, cfg.data_dir(dataset), dataset, "train")
+    manifest = read_manifest(cfg.data_dir(dataset))
+    log_dataset(tracker, run_id, manifest, cfg.data_dir(dataset), dataset, "train")
     if history is not None:
         for row in history[history["seed"] == seed].to_dict("records"):
             tracker.log_metrics(run_id, history_metrics(row), step=int(row["epoch"]))
@@ -65,7 +70,9 @@ def _import_seed(cfg: Config, tracker: Tracker, name: str, info: dict, seed: int
                   "checkpoints", file=sys.stderr)
             model, state = None, {}
         tracker.set_stage(run_id, "evaluate")
-        log_evaluation(tracker, cfg, run_id, name, seed, metrics, model, state)
+        pipeline = input_pipeline(manifest, "test", cfg.dataset(dataset), cfg.evaluation.decode, torch.device("cpu"),
+                                  train=False)
+        log_evaluation(tracker, cfg, run_id, name, seed, metrics, model, state, manifest, pipeline)
     tracker.end_run(run_id)
     return metrics
 
