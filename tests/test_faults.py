@@ -222,8 +222,11 @@ def test_training_ends_its_mlflow_runs(tmp_path, digits_dir) -> None:
     assert main(["train", "r", "--params", str(path)]) == 0
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert sorted(r.info.run_name for r in runs) == ["r-s0", "r-s1"]
+    # the seeds nested under their configuration's parent run, every one ended
+    assert sorted(r.info.run_name for r in runs) == ["r", "r-s0", "r-s1"]
     assert {r.info.status for r in runs} == {"FINISHED"} and all(r.info.end_time for r in runs)
+    parent = next(r.info.run_id for r in runs if r.info.run_name == "r")
+    assert {r.data.tags.get("mlflow.parentRunId") for r in runs if r.info.run_name != "r"} == {parent}
 
 
 # ---------------------------------------------------------------- evaluation
@@ -304,7 +307,8 @@ def test_queued_experiments_log_to_the_project_store(tmp_path) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    runs = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
+            if "tcm.seed" in r.data.tags]  # the seed runs (not their configurations' parent runs)
     assert sorted((r.data.tags.get("dvc.exp_name"), r.info.run_name, r.info.status) for r in runs) == [
         ("e1", "digits-ms-s0", "FINISHED"), ("e2", "digits-ms-s0", "FINISHED")]
     epochs = {r.data.tags["dvc.exp_name"]: json.loads(client.get_run(r.info.run_id).data.params["train.epochs"])

@@ -41,7 +41,8 @@ def _mlflow_runs(tmp_path: Path) -> list:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
+            if "tcm.seed" in r.data.tags]  # the seed runs (not their configurations' parent runs)
 
 
 # ---------------------------------------------------------------- the MLflow store

@@ -1,5 +1,6 @@
 """The MLflow UI, started on 127.0.0.1 against the pipeline's SQLite store and driven in headless
-Chromium, lists the runs and compares their OPIS and Recall@1.
+Chromium, lists the configurations (parent runs, their seeds folded beneath) and compares their
+OPIS and Recall@1 (mean over seeds) and a figure of each, side by side.
 
 By default it runs on the test pipeline's store and keeps its screenshot in a temporary folder. The
 README's screenshot shows the default's results:
@@ -102,32 +103,60 @@ def _wait_for_text(driver, texts: list[str], seconds: float = RENDER_S) -> str:
         time.sleep(0.5)
 
 
-def test_ui_lists_runs_and_compares_opis_and_recall(mlflow_ui: str, browser, tmp_path: Path) -> None:
+def _find(driver, xpath: str, seconds: float = RENDER_S) -> list:
+    deadline = time.monotonic() + seconds
+    while True:
+        found = driver.find_elements("xpath", xpath)
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def test_ui_groups_seeds_under_configurations_and_compares_them(mlflow_ui: str, browser, tmp_path: Path) -> None:
     exp = _post(mlflow_ui + "/ajax-api/2.0/mlflow/experiments/search", {"max_results": 10})["experiments"]
     exp_id = next(e["experiment_id"] for e in exp if e["name"] == "tcm-default")
-    runs = _post(mlflow_ui + "/ajax-api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id]})["runs"]
+    runs = _post(mlflow_ui + "/ajax-api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id], "max_results": 1000})[
+        "runs"]
+    tags = {r["info"]["run_id"]: {t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs}
+    parents = {r["info"]["run_name"]: r["info"]["run_id"] for r in runs
+               if tags[r["info"]["run_id"]].get("tcm.role") == "configuration"}
+    if not STORE:
+        assert sorted(parents) == sorted(E2E_RUNS)
+    seeds = [r for r in runs if "tcm.seed" in tags[r["info"]["run_id"]]]
+    assert seeds and all(tags[r["info"]["run_id"]]["mlflow.parentRunId"] in parents.values() for r in seeds)
 
+    # The experiment opens on its runs table, one row per configuration; its seeds are folded beneath it.
     browser.get(f"{mlflow_ui}/#/experiments/{exp_id}/runs")
-    body = _wait_for_text(browser, list(E2E_RUNS))
-    for name in E2E_RUNS:
-        assert name in body, f"run {name} not listed on the experiment page"
+    body = _wait_for_text(browser, list(parents))
+    for name in parents:
+        assert name in body, f"configuration {name} not listed on the experiment page"
+    assert not any(r["info"]["run_name"] in body for r in seeds), "seed runs are not grouped under their parent"
 
-    ids = [r["info"]["run_id"] for r in runs]
+    # Compare the configurations: their mean and sd over seeds, and a figure of each side by side.
+    ids = list(parents.values())
     query = urllib.parse.urlencode({"runs": json.dumps(ids), "experiments": json.dumps([exp_id])})
     browser.get(f"{mlflow_ui}/#/compare-runs?{query}")
     _wait_for_text(browser, ["Comparing"])
     for close in browser.find_elements("xpath", "//button[@aria-label='Close']"):
         close.click()  # the assistant side panel would cover the table in the screenshot
-    cells = []
+    cells = _find(browser, "//*[normalize-space(text())='test.opis.mean']")
+    assert cells, "the comparison view shows no test.opis.mean row"
+    assert browser.find_elements("xpath", "//*[normalize-space(text())='test.recall_at_k.1.mean']")
+    figure = _find(browser, "//*[normalize-space(text())='utility.png']")
+    assert figure, "the comparison's Artifacts show no common utility.png"
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", figure[0])
+    browser.execute_script("arguments[0].click()", figure[0])  # (a native click may land on a side panel)
+    images = []
     deadline = time.monotonic() + RENDER_S
-    while not cells and time.monotonic() < deadline:  # the metrics table renders after the plots
-        cells = browser.find_elements("xpath", "//*[normalize-space(text())='test.opis']")
+    while len(images) < len(ids) and time.monotonic() < deadline:
+        images = [i for i in browser.find_elements("tag name", "img")
+                  if "utility.png" in (i.get_attribute("src") or "") + (i.get_attribute("alt") or "")
+                  and browser.execute_script("return arguments[0].naturalWidth", i) > 0]
         time.sleep(0.5)
-    assert cells, "the comparison view shows no test.opis row"
-    recall = browser.find_elements("xpath", "//*[normalize-space(text())='test.recall_at_k.1']")
-    assert recall, "the comparison view shows no test.recall_at_k.1 row"
-    details = browser.find_elements("xpath", "//*[normalize-space(text())='Run details']")
-    browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", (details or cells)[0])
+    assert len(images) >= len(ids), f"{len(images)} of {len(ids)} utility.png figures shown side by side"
+    # the screenshot: the metrics (mean and sd over seeds) above the figures side by side
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", figure[0])
+    time.sleep(1)
     shot = Path(SCREENSHOT) if SCREENSHOT else tmp_path / "mlflow_compare.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(shot))

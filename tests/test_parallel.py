@@ -104,7 +104,7 @@ def test_parallel_runs_log_one_finished_mlflow_run_per_run_and_seed(parallel) ->
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     found = [(e.name, r) for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
     assert {name for name, _ in found} == {"tcm-default"}
-    runs = [r for _, r in found]
+    runs = [r for _, r in found if "tcm.seed" in r.data.tags]  # the seed runs, not their parent runs
     assert sorted((r.data.tags["tcm.run"], r.data.tags["tcm.seed"]) for r in runs) == \
         sorted((run, str(seed)) for run in RUNS for seed in SEEDS)
     assert all(r.info.status == "FINISHED" and r.data.tags["dvc.exp_name"] == "workspace" for r in runs)

@@ -72,8 +72,21 @@ def test_cold_repro_writes_every_result(project: Path) -> None:
 
 def test_mlflow_has_one_run_per_configuration_and_seed_with_everything(project: Path) -> None:
     client, runs = _mlflow_runs(project)
+    parents = {r.info.run_name: r for r in runs if r.data.tags.get("tcm.role") == "configuration"}
+    runs = [r for r in runs if r.info.run_name not in parents]
     assert sorted(r.info.run_name for r in runs) == sorted(f"{run}-s{s}" for run in RUNS for s in SEEDS)
+    # One parent run per configuration, with the mean and sd over its seeds; the seeds nested beneath it.
+    assert sorted(parents) == sorted(RUNS)
+    for name, p in parents.items():
+        summary = json.loads((project / f"runs/{name}/metrics.json").read_text())
+        assert p.info.status == "FINISHED"
+        assert p.data.metrics["test.opis.mean"] == pytest.approx(summary["OPIS"])
+        assert p.data.metrics["test.opis.sd"] == pytest.approx(summary["sd"]["OPIS"])
+        assert "utility.png" in {a.path for a in client.list_artifacts(p.info.run_id)}
     for r in runs:
+        assert r.data.tags["mlflow.parentRunId"] == parents[r.data.tags["tcm.run"]].info.run_id
+        contexts = {(i.dataset.name, t.value) for i in r.inputs.dataset_inputs for t in i.tags}
+        assert contexts == {("digits", "training"), ("digits", "testing")}
         run = r.data.tags["tcm.run"]
         assert r.info.status == "FINISHED" and r.info.run_name == f"{run}-s{r.data.tags['tcm.seed']}"
         assert r.data.params["loss.name"] == "multi_similarity"

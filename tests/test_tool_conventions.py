@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import E2E_RUNS as RUNS
+from conftest import E2E_SEEDS as SEEDS
 from conftest import REPO
 from conftest import run_command as _sh
 
@@ -61,22 +62,38 @@ def test_mlflow_runs_are_tagged_finished_and_carry_their_own_files(project: Path
         tags = r.data.tags
         assert r.info.status == "FINISHED" and tags["dvc.baseline_rev"] == head and tags["dvc.exp_name"], tags
         assert "test.threshold_report.target_far" not in r.data.metrics
-    reported = [r for r in runs if r.data.tags["stage"] == "report"]
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs table
+    reported = [r for r in runs if r.data.tags["stage"] == "report" and "tcm.seed" in r.data.tags]
     assert {(r.data.tags["tcm.run"], r.data.tags["tcm.seed"]) for r in reported} == {
         (n, str(s)) for n in RUNS for s in (0, 1)}
     assert any(r.data.tags["dvc.exp_name"] == "workspace" for r in reported)  # plain `dvc repro`
     for r in reported:
         name, seed = r.data.tags["tcm.run"], r.data.tags["tcm.seed"]
         assert "test.opis" in r.data.metrics
-        files = {a.path for folder in ("model", "results", "notebooks", "figures")
+        files = {a.path for folder in ("results", "notebooks", None)
                  for a in client.list_artifacts(r.info.run_id, folder)}
-        assert {"model/model.pt", f"results/seed-{seed}.npz", "results/curves.csv",
+        assert {f"results/seed-{seed}.npz", "results/curves.csv",
                 f"notebooks/train-{name}.html", f"notebooks/evaluate-{name}.html"} <= files, files
-        figures = {f for f in files if f.startswith("figures/")}
-        assert f"figures/utility_run_{name}.png" in figures
-        # its own figures only: none of another run's, none of the all-runs figures
-        assert not {f"figures/utility_run_{n}.png" for n in RUNS if n != name} & figures, figures
-        assert not figures & {"figures/training_curves.png", "figures/opis_vs_recall.png"}, figures
+        assert "model" not in {a.path for a in client.list_artifacts(r.info.run_id)}  # no raw model.pt
+        figures = {f for f in files if f.endswith(".png")}
+        # its own figures only, under names equal across runs at the root (the UI's Compare shows them side by side)
+        assert "utility.png" in figures
+        assert not figures & {"training_curves.png", "opis_vs_recall.png"}, figures
+        assert not any(n in f for n in RUNS for f in figures), figures
+    # the MLflow model of a seed (pt2 export): opens with mlflow.pytorch and mlflow.pyfunc and embeds a batch
+    _sh([sys.executable, "-c", MODEL_CHECK, f"sqlite:///{project / 'mlflow.db'}", reported[0].info.run_id], project)
+
+
+MODEL_CHECK = """
+import sys, mlflow, mlflow.pytorch, numpy as np, torch
+mlflow.set_tracking_uri(sys.argv[1])
+uri = f"runs:/{sys.argv[2]}/model"
+shape = mlflow.models.get_model_info(uri).signature.inputs.inputs[0].shape
+x = np.random.default_rng(0).random((3, *shape[1:]), dtype=np.float32)
+out = mlflow.pytorch.load_model(uri)(torch.from_numpy(x))
+assert out.shape[0] == 3 and torch.allclose(out.norm(dim=1), torch.ones(3), atol=1e-4), out.shape
+assert mlflow.pyfunc.load_model(uri).predict(x).shape == tuple(out.shape)
+"""
 
 
 def test_explore_opens_an_mlflow_run_id_without_the_workspace_runs(project: Path, tmp_path: Path) -> None:
@@ -98,6 +115,45 @@ def test_explore_opens_an_mlflow_run_id_without_the_workspace_runs(project: Path
                           for o in c.get("outputs", [])])
     assert outputs.count("image/png") >= 2 and "share_of_opis" in outputs and "'seed': 1," in outputs
     assert not (work / "runs").exists()
+
+
+def test_mlflow_import_rebuilds_the_store_of_a_fresh_clone(project: Path, tmp_path: Path) -> None:
+    """mlflow.db and mlartifacts/ are in neither git nor DVC: the README's `tcm mlflow-import` rebuilds them
+    from the results (what a fresh clone has after `dvc pull`), and a second call adds nothing."""
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    work = tmp_path / "clone"
+    shutil.copytree(project, work, symlinks=True, ignore=shutil.ignore_patterns("mlflow.db*", "mlartifacts"))
+    command = _documented("tcm mlflow-import")
+    assert f"{len(RUNS) * len(SEEDS)} seed run(s) imported" in _sh(command, work).stdout
+    assert "0 seed run(s) imported" in _sh(command, work).stdout  # idempotent
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tcm-default")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([exp.experiment_id])
+    parents = {r.info.run_name: r for r in runs if r.data.tags.get("tcm.role") == "configuration"}
+    seeds = [r for r in runs if "tcm.seed" in r.data.tags]
+    assert sorted(parents) == sorted(RUNS) and len(runs) == len(parents) + len(seeds)
+    assert sorted(r.info.run_name for r in seeds) == sorted(f"{n}-s{s}" for n in RUNS for s in SEEDS)
+    for name, p in parents.items():
+        summary = json.loads((work / f"runs/{name}/metrics.json").read_text())
+        assert p.info.status == "FINISHED" and p.data.metrics["test.opis.mean"] == pytest.approx(summary["OPIS"])
+    for r in seeds:
+        name, seed = r.data.tags["tcm.run"], int(r.data.tags["tcm.seed"])
+        assert r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parents[name].info.run_id
+        assert 0 <= r.data.metrics["test.opis"] and r.data.params["loss.name"] == "multi_similarity"
+        history = pd.read_csv(work / f"runs/{name}/history.csv")
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "train.loss")] == list(
+            history[history["seed"] == seed]["epoch"])
+        files = {a.path for folder in ("results", "notebooks", None, "config")
+                 for a in client.list_artifacts(r.info.run_id, folder)}
+        assert {f"notebooks/train-{name}.html", "utility.png", "config/run.json",
+                "results/curves.csv"} <= files, files
+        assert {(i.dataset.name, t.value) for i in r.inputs.dataset_inputs for t in i.tags} == {
+            ("digits", "training"), ("digits", "testing")}
+        assert r.info.artifact_uri.startswith((work / "mlartifacts").as_uri())  # the clone's own folder
+    _sh([sys.executable, "-c", MODEL_CHECK, f"sqlite:///{work / 'mlflow.db'}", seeds[0].info.run_id], work)
 
 
 def test_executed_notebooks_stay_readable(project: Path) -> None:

@@ -69,7 +69,7 @@ def test_killed_run_resumes_bit_identically_and_continues_its_mlflow_run(tmp_pat
 
     client = MlflowClient(tracking_uri=f"sqlite:///{killed_dir / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tcm-default")
-    runs = client.search_runs([exp.experiment_id])
+    runs = [r for r in client.search_runs([exp.experiment_id]) if "tcm.seed" in r.data.tags]  # not the parent
     assert len(runs) == 1, [r.info.run_id for r in runs]
     assert runs[0].data.tags["tcm.config_hash"] == b["config_hash"] and runs[0].data.tags["tcm.seed"] == "0"
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train.loss")]

@@ -441,8 +441,11 @@ class MlflowConfig(_Strict):
     tracking_uri: str = "sqlite:///mlflow.db"  # relative paths are taken from params.yaml's folder
     artifact_location: str = "mlartifacts"
     experiment: str = "tcm"
-    # Log each evaluated seed's model (weights + settings, no optimizer) so a run id opens anywhere.
+    # Log each evaluated seed's network as an MLflow model (`model`: PyTorch's pt2 export, no pickle, with
+    # an input example and signature), so that a run id opens anywhere (mlflow.pytorch.load_model).
     log_model: bool = True
+    # Also register each logged model in the store's model registry, as "<experiment>-<run>".
+    register_model: bool = False
 
     @field_validator("tracking_uri")
     @classmethod

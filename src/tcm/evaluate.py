@@ -7,15 +7,15 @@ threshold report, from the chunked metrics of ``tcm.metrics``), embeddings.npz a
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from tcm.atomic import atomic_dir, atomic_path, write_json
-from tcm.checkpoint import load_trained, save_checkpoint
+from tcm.checkpoint import load_trained
 from tcm.config import Config, ConfigError, resolved_run, training_settings
 from tcm.data import read_manifest
 from tcm.data.batches import input_pipeline
@@ -24,10 +24,11 @@ from tcm.embed import embed
 from tcm.errors import TcmError
 from tcm.metrics import evaluate_embeddings
 from tcm.metrics.opis import curves_table
+from tcm.mlflow_log import log_evaluation, log_summary, seed_run, seed_tags
 from tcm.provenance import RECORD_KEY, evaluation_record
 from tcm.runfiles import CheckpointError
 from tcm.stats import seed_summary
-from tcm.tracking import Tracker, flatten
+from tcm.tracking import Tracker
 
 
 def _check_trained(state: dict, path, trained_settings: dict) -> None:
@@ -40,15 +41,11 @@ def _check_trained(state: dict, path, trained_settings: dict) -> None:
                               "(dvc repro, or tcm train RUN)")
 
 
-# Numbers of a seed's metrics.json that describe the evaluation rather than measure the model.
-NOT_METRICS = ("num_queries", "threshold_report.target_far", "threshold_report.worst_share",
-               "threshold_report.resolution", "threshold_report.num_classes_far", "threshold_report.num_classes_frr")
-
-
-def mlflow_metrics(metrics: dict) -> dict:
-    """A seed's metrics.json, flattened (``recall_at_k.1``, ``opis``, ...), less :data:`NOT_METRICS`
-    (Tracker.log_metrics keeps the numbers)."""
-    return {k: v for k, v in flatten(metrics).items() if k not in NOT_METRICS}
+def _run_hash(info: Path) -> str | None:
+    try:
+        return json.loads(info.read_text()).get("run_hash")
+    except (OSError, ValueError):
+        return None
 
 
 class EvaluationInterrupted(TcmError, RuntimeError):
@@ -101,6 +98,7 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
               f"{run_cfg.dataset!r} has only {len(dataset) - 1} other images", file=sys.stderr)
     metric_settings = cfg.evaluation.model_copy(update={"recall_k": recall_k})
     tracker = tracker or Tracker(cfg)
+    run_hash = _run_hash(run_dir.info)  # the configuration's MLflow parent run
     for left in run_dir.eval_dir.glob(".seed-*"):  # atomic_dir's folders, left by a process killed mid-write
         shutil.rmtree(left, ignore_errors=True)
 
@@ -127,20 +125,11 @@ def run(cfg: Config, name: str, tracker: Tracker | None = None, progress: bool =
 
         # The training's MLflow run, found by its settings and code; a new one if this store lacks it.
         run_id = tracker.find_run(name, state["config_hash"], state.get("code"))
-        run_id = tracker.start_run(name, settings, stage="evaluate", run_id=run_id, seed=seed,
-                                   tags={"tcm.seed": str(seed), "tcm.config_hash": state["config_hash"],
-                                         "tcm.code": str(state.get("code"))})
-        tracker.log_metrics(run_id, {"test": mlflow_metrics(metrics)})
-        tracker.log_artifacts(run_id, [run_dir.seed_metrics(seed), run_dir.seed_settings(seed),
-                                       run_dir.seed_curves(seed), run_dir.seed_embeddings(seed), run_dir.info],
-                              "results")
-        if cfg.mlflow.log_model and tracker.enabled:
-            # The trained model (weights and settings, not the optimizer), so that any machine with the
-            # store can open this run by its id (explore_run.ipynb).
-            with tempfile.TemporaryDirectory() as tmp:
-                model_file = Path(tmp) / "model.pt"
-                save_checkpoint(model_file, {k: v for k, v in state.items() if k not in ("optimizer", "scheduler")})
-                tracker.log_artifacts(run_id, [model_file], "model")
+        run_id = seed_run(tracker, name, settings, seed, seed_tags(seed, state["config_hash"], state.get("code")),
+                          "evaluate", run_hash, run_id)
+        log_evaluation(tracker, cfg, run_id, name, seed, metrics, model, state, manifest, pipeline)
         tracker.end_run(run_id)
     write_json(run_dir.metrics, seed_summary(per_seed))
+    if run_hash:
+        log_summary(tracker, cfg, name, run_hash, settings, per_seed)
     return per_seed

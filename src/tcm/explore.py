@@ -54,25 +54,43 @@ def resolve_run(cfg: Config, ref: str) -> tuple[str, int | None, str | None]:
 
 @dataclass(frozen=True)
 class _Files:
-    checkpoint: Path
+    checkpoint: Path | None  # None: the model is the MLflow run's logged model (model_uri)
     embeddings: Path
     metrics: Path
     curves: Path
+    model_uri: str | None = None
+    info: Path | None = None  # run.json (the settings), with model_uri
 
 
 def _store_files(cfg: Config, run_id: str, seed: int) -> _Files:
-    """The files an evaluated MLflow run logged (results/, model/), downloaded from the store: the
-    exact model of that id, whatever the workspace's runs/ holds now (or if it holds nothing)."""
+    """The files an evaluated MLflow run logged (results/), downloaded from the store, and its logged
+    model: the exact model of that id, whatever the workspace's runs/ holds now (or if it holds nothing)."""
     tracker = Tracker(cfg)
     dst = Path(tempfile.mkdtemp(prefix=f"tcm-{run_id[:8]}-"))
     try:
-        for folder in ("results", "model"):
-            tracker.client.download_artifacts(run_id, folder, str(dst))
+        tracker.client.download_artifacts(run_id, "results", str(dst))
     except Exception as e:
-        raise FileNotFoundError(f"MLflow run {run_id}: its results or model are not in the store ({e}); evaluate the "
-                                "run again with mlflow.log_model: true") from None
-    return _Files(dst / "model/model.pt", dst / f"results/seed-{seed}.npz", dst / "results/metrics.json",
-                  dst / "results/curves.csv")
+        raise FileNotFoundError(f"MLflow run {run_id}: its results are not in the store ({e}); evaluate the "
+                                "run again") from None
+    return _Files(None, dst / f"results/seed-{seed}.npz", dst / "results/metrics.json", dst / "results/curves.csv",
+                  model_uri=f"runs:/{run_id}/model", info=dst / "results/run.json")
+
+
+def _logged_model(cfg: Config, uri: str) -> tuple[object, dict]:
+    """An MLflow run's logged network (mlflow.pytorch) and the checkpoint facts it was logged with."""
+    import mlflow
+    import mlflow.pytorch
+
+    from tcm.tracking import store_uris
+
+    mlflow.set_tracking_uri(store_uris(cfg)[0])
+    try:
+        info = mlflow.models.get_model_info(uri)
+        model = mlflow.pytorch.load_model(uri)
+    except Exception as e:
+        raise FileNotFoundError(f"{uri}: no logged model in the store ({str(e).splitlines()[0][:200]}); evaluate "
+                                "the run again with mlflow.log_model: true") from None
+    return model, dict((info.metadata or {}).get("tcm", {}))
 
 
 def load_run(cfg: Config, ref: str, seed: int | None = None) -> RunView:
@@ -90,7 +108,11 @@ def load_run(cfg: Config, ref: str, seed: int | None = None) -> RunView:
                                     f"{name!r} (evaluated: {seeds}); train and evaluate it first (dvc repro)")
         files = _Files(run_dir.checkpoint(seed), run_dir.seed_embeddings(seed), run_dir.seed_metrics(seed),
                        run_dir.seed_curves(seed))
-    model, state = load_trained(files.checkpoint)
+    if files.checkpoint is None:
+        model, state = _logged_model(cfg, files.model_uri)
+        state = {**state, "settings": json.loads(files.info.read_text()).get("settings")}
+    else:
+        model, state = load_trained(files.checkpoint)
     with np.load(files.embeddings) as z:
         emb, labels = z["embeddings"], z["labels"]
     manifest = read_manifest(cfg.data_dir(cfg.runs[name].dataset))

@@ -27,6 +27,7 @@ import pandas as pd
 from tcm import figures
 from tcm.atomic import atomic_path, write_json, write_text
 from tcm.config import Config
+from tcm.mlflow_log import log_report
 from tcm.provenance import stale_reason
 from tcm.runfiles import LOSS_PARTS, RunDir
 from tcm.stats import HEADLINE, Z_95, Z_POWER_80, headline, paired_difference, seeds_needed, spread, verdict
@@ -880,10 +881,12 @@ def notebook_html(notebook: Path, out_dir: Path) -> Path | None:
     return out
 
 
-def _log_to_mlflow(cfg: Config, tracker: Tracker, reports: Path, owned: dict[str, list[Path]]) -> None:
-    """Attach each run's notebooks (as HTML), own figures and run.json to the MLflow run of each of its seeds."""
+def log_to_mlflow(cfg: Config, tracker: Tracker, reports: Path, owned: dict[str, list[Path]],
+                  runs: list[str] | None = None) -> None:
+    """Attach each run's (of ``runs``, default all) notebooks (as HTML), own figures (under names equal
+    across runs) and run.json to its configuration's MLflow run and the run of each of its seeds."""
     with tempfile.TemporaryDirectory() as tmp:
-        for name in cfg.runs:
+        for name in cfg.runs if runs is None else runs:
             run_dir = cfg.run_dir(name)
             if not run_dir.info.is_file():
                 continue
@@ -891,12 +894,11 @@ def _log_to_mlflow(cfg: Config, tracker: Tracker, reports: Path, owned: dict[str
             stems = (f"data-{cfg.runs[name].dataset}", f"train-{name}", f"evaluate-{name}")
             rendered = [notebook_html(reports / "notebooks" / f"{stem}.ipynb", Path(tmp)) for stem in stems]
             html = [p for p in rendered if p is not None]
-            for _seed, seed_info in sorted(info.get("seeds", {}).items(), key=lambda kv: int(kv[0])):
-                run_id = tracker.find_run(name, seed_info["config_hash"])
-                tracker.log_artifacts(run_id, html, "notebooks")
-                tracker.log_artifacts(run_id, owned.get(name, []), "figures")
-                tracker.log_artifacts(run_id, [run_dir.info], "config")
-                tracker.set_stage(run_id, "report")
+            run_ids = [tracker.find_run(name, seed_info["config_hash"])
+                       for _seed, seed_info in sorted(info.get("seeds", {}).items(), key=lambda kv: int(kv[0]))]
+            if info.get("run_hash"):
+                run_ids.insert(0, tracker.parent_run(name, info["run_hash"], info.get("settings", {})))
+            log_report(tracker, run_ids, name, html, owned.get(name, []), run_dir.info)
 
 
 def _say_stale(per_seed: pd.DataFrame) -> None:
@@ -988,5 +990,5 @@ def run(cfg: Config, tracker: Tracker | None = None) -> dict[str, list[Path]]:
 
     tracker = tracker or Tracker(cfg)
     if tracker.enabled:
-        _log_to_mlflow(cfg, tracker, reports, owned)
+        log_to_mlflow(cfg, tracker, reports, owned)
     return {"tables": tables, "figures": list(made.values()), "readme": [reports / "README.md"]}

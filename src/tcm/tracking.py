@@ -89,6 +89,12 @@ def dvc_tags(cwd: Path) -> dict[str, str]:
             "dvc.baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV") or git_commit(cwd).removesuffix("-dirty")}
 
 
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__.split("+")[0]
+
+
 class TrackingError(TcmError, RuntimeError):
     """The MLflow store cannot be used; the message names the store and what to do."""
 
@@ -215,6 +221,8 @@ class Tracker:
             self.experiment_id = (exp.experiment_id if exp is not None else client.create_experiment(
                 cfg.mlflow.experiment, artifact_location=artifacts,
                 tags={"mlflow.experimentKind": "custom_model_development"}))
+            if exp is not None and "mlflow.experimentKind" not in exp.tags:
+                client.set_experiment_tag(self.experiment_id, "mlflow.experimentKind", "custom_model_development")
             self.client = client
 
     @property
@@ -269,6 +277,68 @@ class Tracker:
         found = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1,
                                         order_by=["attributes.start_time DESC"])
         return found[0].info.run_id if found else None
+
+    def parent_run(self, run_name: str, run_hash: str, params: Mapping[str, Any]) -> str | None:
+        """The parent run of configuration ``run_name`` with settings hash ``run_hash`` (named
+        ``run_name``; its seed runs are nested beneath it), created (finished, with ``params``) when
+        the store has none."""
+        if not self.enabled:
+            return None
+        query = (f"tags.`tcm.run` = '{run_name}' AND tags.`tcm.run_hash` = '{run_hash}' "
+                 "AND tags.`tcm.role` = 'configuration'")
+        found = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1,
+                                        order_by=["attributes.start_time DESC"])
+        if found:
+            self._known[found[0].info.run_id] = True
+            return found[0].info.run_id
+        run_id = self.start_run(run_name, params, stage="train",
+                                tags={"tcm.role": "configuration", "tcm.run_hash": run_hash})
+        self.end_run(run_id)
+        return run_id
+
+    def log_input(self, run_id: str | None, rows: Any, name: str, context: str, source: str | None = None) -> None:
+        """A data set's rows (a DataFrame) as an input of the run (``mlflow.data``, context training/testing)."""
+        if not self._live(run_id):
+            return
+        import warnings
+
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
+
+        # MLflow warns that a local path "can be interpreted in multiple ways" (two local sources), that
+        # integer columns (labels) cannot hold missing values, and of pandas deprecations in its own code.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            entity = mlflow.data.from_pandas(rows, source=source, name=name)._to_mlflow_entity()
+        self.client.log_inputs(run_id, [DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])])
+
+    def log_model(self, run_id: str | None, model: Any, example: Any, output: Any, metadata: Mapping | None = None,
+                  registered_name: str | None = None) -> None:
+        """A PyTorch network as the run's MLflow model ``model``: exported (pt2, no pickle) with an
+        input example and the signature of (example, output); registered as ``registered_name``."""
+        if not self._live(run_id):
+            return
+        import mlflow
+        import mlflow.pytorch
+        from mlflow.models import infer_signature
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
+        status = self.client.get_run(run_id).info.status
+        uri = store_uris(self.cfg)[0]
+        previous = tracking_utils._tracking_uri  # None when unset: restored as it was
+        mlflow.set_tracking_uri(uri)
+        try:
+            # The fluent API logs models into the active run: this one, reopened and left as it was.
+            with mlflow.start_run(run_id=run_id):
+                retry(mlflow.pytorch.log_model, model, name="model", serialization_format="pt2",
+                      input_example=example, signature=infer_signature(example, output),
+                      metadata=dict(metadata or {}), registered_model_name=registered_name,
+                      pip_requirements=[f"torch=={_torch_version()}"])
+        except Exception as e:
+            raise TrackingError(f"MLflow: log_model: {store_problem(store_paths(self.cfg)[0], e)}") from e
+        finally:
+            self.client.update_run(run_id, status=status)
+            tracking_utils._tracking_uri = previous
 
     def set_stage(self, run_id: str | None, stage: str) -> None:
         if self._live(run_id):

@@ -60,6 +60,7 @@ from tcm.fingerprint import code_fingerprint
 from tcm.locks import exclusive
 from tcm.losses import Criterion, build_criterion
 from tcm.losses.margins import quantile_margins, ramp
+from tcm.mlflow_log import history_metrics, log_dataset, seed_run, seed_tags
 from tcm.models import build_model, structure_signature
 from tcm.progress import Progress
 from tcm.runfiles import LOSS_PARTS, CheckpointError, RunDir
@@ -943,10 +944,12 @@ def _train_seed(a: _Attempt, seed: int, histories: dict[int, list[dict]]) -> tup
     if state is not None:
         _notice(d, f"resuming run {name} seed {seed} after epoch {state['epoch']} of {t.epochs}")
 
-    tags = {"tcm.seed": str(seed), "tcm.config_hash": seed_hash, "tcm.code": a.code,
-            **{f"env.{k}": str(v) for k, v in a.env.items()}}
     run_id = tracker.find_run(name, seed_hash, a.code) if state is not None else None
-    run_id = tracker.start_run(name, a.settings, stage="train", run_id=run_id, tags=tags, seed=seed)
+    new_run = run_id is None
+    run_id = seed_run(tracker, name, a.settings, seed, seed_tags(seed, seed_hash, a.code, a.env), "train", a.run_hash,
+                      run_id)
+    if new_run:
+        log_dataset(tracker, run_id, read_manifest(a.data_dir), a.data_dir, run_cfg.dataset, "train")
     try:
         model = raw_model = parts.model
         if d.enabled:
@@ -1049,7 +1052,7 @@ def _epochs(a: _Attempt, seed: int, parts: _Parts, model: nn.Module, raw_model: 
         if d.main:
             # checkpoint, then MLflow, then history.csv: a history row means the epoch is saved and logged
             checkpoint(epoch)
-            tracker.log_metrics(run_id, {f"train.{k}": v for k, v in row.items() if k != "epoch"}, step=epoch)
+            tracker.log_metrics(run_id, history_metrics(row), step=epoch)
             _write_history(run_dir.history, {**histories, seed: history})
             if a.progress:
                 print(f"{label} epoch {epoch}/{t.epochs}: loss {row['loss']:.4f} (base {row['base_loss']:.4f}, "

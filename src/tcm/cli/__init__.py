@@ -9,6 +9,7 @@
     tcm evaluate --run RUN
     tcm evaluate EMBEDDINGS LABELS --out metrics.json [--k 1 2 4 8] [--curves curves.csv] [...]
     tcm report
+    tcm mlflow-import                (the MLflow store rebuilt from runs/ and reports/: a fresh clone, after dvc pull)
     tcm profile [NAME]               (write profiles/NAME.yaml as params.yaml; no NAME: list them)
     tcm notebook IN OUT [-p NAME VALUE ...]   (run a stage notebook as dvc.yaml does)
     tcm parallel (--gpus ID [ID ...] | --jobs N) [--train-only]
@@ -43,6 +44,16 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def cmd_mlflow_import(args: argparse.Namespace) -> int:
+    from tcm.cli.mlflow_import import import_results
+    from tcm.tracking import store_paths
+
+    cfg = load_config(args.params)
+    counts = import_results(cfg)
+    print(f"{store_paths(cfg)[0]}: {counts['created']} seed run(s) imported, {counts['present']} already there")
+    return 0
 
 
 def cmd_check_params(args: argparse.Namespace) -> int:
@@ -265,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="tables and figures under reports/")
     _params_arg(p)
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("mlflow-import", help="rebuild the MLflow store (mlflow.db, mlartifacts/) from runs/ and "
+                       "reports/, e.g. on a fresh clone after `dvc pull`; runs already in the store are kept")
+    _params_arg(p)
+    p.set_defaults(func=cmd_mlflow_import)
+
     p = sub.add_parser("profile", help="make a profile of profiles/ the active params.yaml (no NAME: list them)")
     p.add_argument("name", nargs="?")
     p.add_argument("--profiles", default="profiles", help="folder of profiles (default: profiles)")
