@@ -291,3 +291,10 @@ def test_imagenet21k_is_for_vit_b_16_only_and_imagenet1k_stays_torchvision() -> 
     with pytest.raises(ValueError, match="vit_b_16 only"):  # pydantic's ValidationError
         ModelConfig(backbone="resnet50", weights="imagenet21k")
     assert isinstance(build_model(ModelConfig(backbone="vit_b_16")).backbone, VisionTransformer)
+
+
+def test_every_backbone_name_of_the_config_has_a_constructor_and_no_other() -> None:
+    """config.BACKBONES (validated without importing torch) names exactly models.BACKBONES."""
+    from tcm import config, models
+
+    assert set(config.BACKBONES) == set(models.BACKBONES)
