@@ -23,6 +23,7 @@ def _with(params: dict, name: str, **settings) -> dict:
     return params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("params,name", [(tiny_glyphs_params(), "glyphs"), (tiny_params(), "digits")])
 def test_training_only_settings_do_not_change_the_prepared_files(tmp_path: Path, params: dict, name: str) -> None:
     other = _with(json.loads(json.dumps(params)), name, **OTHER)

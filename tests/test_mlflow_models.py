@@ -17,6 +17,7 @@ from tcm.tracking import Tracker, store_uris
 pytest.importorskip("mlflow")
 
 
+@pytest.mark.slow
 def test_logged_model_embeds_a_batch_and_is_registered_on_request(tmp_path) -> None:
     import mlflow
     import mlflow.pytorch

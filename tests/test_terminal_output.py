@@ -85,6 +85,7 @@ def _stages(lines: list[tuple[float, str]]) -> dict[str, list[tuple[float, str]]
     return out
 
 
+@pytest.mark.e2e
 def test_training_progress_arrives_while_the_stage_runs_and_names_run_and_seed(repro) -> None:
     train = _stages(repro)[f"train@{RUN}"]
     steps = [(t, x) for t, x in train if re.search(r"epoch \d+/\d+: step \d+/\d+", x)]
@@ -96,6 +97,7 @@ def test_training_progress_arrives_while_the_stage_runs_and_names_run_and_seed(r
     assert len(epochs) == 2, train
 
 
+@pytest.mark.e2e
 def test_evaluation_progress_names_run_and_seed(repro) -> None:
     evaluate = _stages(repro)[f"evaluate@{RUN}"]
     text = "\n".join(x for _, x in evaluate)
@@ -103,6 +105,7 @@ def test_evaluation_progress_names_run_and_seed(repro) -> None:
     assert re.search(rf"{RUN} seed 0: similarities: chunk \d+/\d+", text), text
 
 
+@pytest.mark.e2e
 def test_no_kernel_transport_or_alt_text_warnings(repro) -> None:
     text = "\n".join(x for _, x in repro)
     assert "Running stage 'report'" in text
@@ -110,6 +113,7 @@ def test_no_kernel_transport_or_alt_text_warnings(repro) -> None:
     assert "Alternative text" not in text
 
 
+@pytest.mark.e2e
 def test_each_stage_first_says_what_it_does(repro) -> None:
     stages = _stages(repro)
     expected = {"data@digits": "tcm: data digits: preparing ", "pretrain@digits": "tcm: pretrain digits: ",

@@ -17,6 +17,7 @@ from tcm.data import prepare, read_manifest
 from tcm.profiles import render
 
 
+@pytest.mark.slow
 def test_closed_set_split_holds_out_images_of_every_class(tmp_path) -> None:
     ds = DatasetConfig(source="sklearn_digits", closed_set_test_share=0.3, image_size=8, resize=8)
     prepare(ds, tmp_path / "d")
@@ -75,6 +76,7 @@ def test_toy_margins_follow_the_circle_geometry(tmp_path) -> None:
     assert any(run.tcm.enabled for run in cfg.runs.values()) and not all(run.tcm.enabled for run in cfg.runs.values())
 
 
+@pytest.mark.slow
 def test_toy_data_and_runs_are_named_after_the_data_they_use(tmp_path) -> None:
     cfg = _toy_config(tmp_path)
     words = {"sklearn_digits": "digits", "mnist": "mnist"}

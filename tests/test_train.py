@@ -200,6 +200,7 @@ def poison_loss_at_call(monkeypatch, call: int) -> None:
     monkeypatch.setattr(train, "build_criterion", poisoned)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path, digits_dir,
                                                                                 monkeypatch) -> None:
     cfg = config_for(tmp_path, digits_dir, epochs=3)
@@ -217,6 +218,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(t
 
 
 
+@pytest.mark.slow
 def test_finished_run_is_trained_again_with_a_notice(tmp_path, digits_dir, capsys) -> None:
     cfg = config_for(tmp_path, digits_dir, epochs=2)
     first = train.run(cfg, "r", progress=False)
@@ -258,6 +260,7 @@ def test_interrupted_run_resumes_bit_identically_and_keeps_finished_seeds(tmp_pa
     pd.testing.assert_frame_equal(whole.history[cols], resumed.history[cols], check_exact=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change,notice", [
     ("code", "was written by other code (tcm source files changed)"),
     ("settings", "was written with other settings"),
@@ -280,6 +283,7 @@ def test_interrupted_run_of_other_code_or_settings_starts_afresh(tmp_path, digit
     assert list(result.history.epoch) == [1, 2]
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_structure_starts_afresh(tmp_path, digits_dir, monkeypatch, capsys) -> None:
     # Same params and fingerprinted code, another structure (a module patched from outside): start fresh.
     cfg = config_for(tmp_path, digits_dir, epochs=2)
@@ -317,6 +321,7 @@ def test_checkpoint_that_does_not_load_starts_afresh(tmp_path, digits_dir, monke
         assert list(result.history.epoch) == [1, 2]
 
 
+@pytest.mark.slow
 def test_chunked_large_batch_recipe_trains_end_to_end(tmp_path, digits_dir) -> None:
     cfg = config_for(tmp_path, digits_dir, epochs=1, batch_size=80, m_per_class=16, chunk_size=32,
                      schedule="step", lr_milestones=[1], warmup_epochs=1, clip_grad_value=10.0)
