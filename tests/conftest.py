@@ -10,7 +10,10 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -22,6 +25,7 @@ from tcm import report, train
 from tcm.cli import main
 from tcm.config import Config, load_config, parse_config, resolved_run
 from tcm.data import prepare
+from tcm.locks import exclusive
 from tcm.provenance import evaluation_record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,6 +207,27 @@ def fails_in_one_line(capsys: pytest.CaptureFixture, argv: list[str], *words: st
     for w in words:
         assert w in lines[0], (w, lines[0])
     return lines[0]
+
+
+@contextmanager
+def held_elsewhere(path: Path, what: str) -> Iterator[None]:
+    """tcm.locks.exclusive(path) held by another thread for the block: flock conflicts between open
+    files, also within one process, so this is how another process's hold looks."""
+    ready, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with exclusive(path, what):
+            ready.set()
+            release.wait(600)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert ready.wait(600)
+        yield
+    finally:
+        release.set()
+        holder.join()
 
 
 # ---------------------------------------------------------------- hand-made run folders (report)

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import nbformat
@@ -16,7 +15,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import copy_project, fails_in_one_line, params_for, run_command, tiny_params, tree_digest, write_params
+from conftest import (
+    copy_project,
+    fails_in_one_line,
+    held_elsewhere,
+    params_for,
+    run_command,
+    tiny_params,
+    tree_digest,
+    write_params,
+)
 
 from tcm.cli import main
 from tcm.config import load_config
@@ -137,30 +145,15 @@ def test_profile_with_duplicate_key_is_refused_and_params_kept(tmp_path, capsys)
 
 
 def test_second_trainer_on_the_same_run_is_refused(tmp_path, capsys, digits_dir) -> None:
-    from tcm.locks import exclusive
 
     path = write_params(tmp_path / "params.yaml", params_for(tmp_path, digits_dir, epochs=1))
     run_dir = load_config(path).run_dir("r")
     run_dir.root.mkdir(parents=True)
     (run_dir.root / "keep.txt").write_text("earlier results")
     before = tree_digest(run_dir.root)
-    # Another process holds the run (flock conflicts between open files, also within one process).
-    holder_ready, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with exclusive(run_dir.lock, "run r"):
-            holder_ready.set()
-            release.wait(600)
-
-    t = threading.Thread(target=hold)
-    t.start()
-    try:
-        assert holder_ready.wait(600)
+    with held_elsewhere(run_dir.lock, "run r"):  # another process trains the run
         line = fails_in_one_line(capsys, ["train", "r", "--params", str(path)], "run r is in use by pid",
-                                  str(os.getpid()), str(run_dir.lock))
-    finally:
-        release.set()
-        t.join()
+                                 str(os.getpid()), str(run_dir.lock))
     assert tree_digest(run_dir.root) == {**before, ".lock": tree_digest(run_dir.root)[".lock"]}, line
     assert main(["train", "r", "--params", str(path)]) == 0  # free again once the holder is gone
 

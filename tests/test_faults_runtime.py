@@ -10,13 +10,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import copy_project, fails_in_one_line, params_for, tiny_params, tree_digest, write_params
+from conftest import copy_project, fails_in_one_line, held_elsewhere, params_for, tiny_params, tree_digest, write_params
 
 from tcm.cli import main
 from tcm.config import load_config
@@ -100,27 +99,12 @@ def test_unusable_mlflow_store_is_one_line_and_keeps_the_checkpoints(tmp_path, c
 
 @pytest.mark.slow
 def test_held_store_lock_times_out_naming_its_holder(tmp_path, capsys, monkeypatch, digits_dir) -> None:
-    from tcm.locks import exclusive
-
     path, run_root = _trained(tmp_path, digits_dir)
     before = _results(run_root)
     monkeypatch.setenv("TCM_LOCK_TIMEOUT", "1")
-    ready, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with exclusive(tmp_path / "mlflow.db.lock", "MLflow store"):
-            ready.set()
-            release.wait(600)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert ready.wait(600)
+    with held_elsewhere(tmp_path / "mlflow.db.lock", "MLflow store"):
         fails_in_one_line(capsys, ["train", "r", "--params", str(path)], "MLflow store", "still in use by pid",
-                           str(os.getpid()), "after 1 s", "mlflow.db.lock")
-    finally:
-        release.set()
-        holder.join()
+                          str(os.getpid()), "after 1 s", "mlflow.db.lock")
     assert _results(run_root) == before
 
 
