@@ -298,8 +298,11 @@ def test_ctrl_c_names_what_was_kept_and_ends_the_mlflow_run_killed(tmp_path, cap
 
 def _train_process(params: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # A shell runs a background job (CI under nohup ... &) with SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler: the child gets SIGINT's default back, as a terminal's Ctrl-C would find it.
     return subprocess.Popen([sys.executable, "-m", "tcm.cli", "train", "r", "--params", str(params)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 300) -> None:
