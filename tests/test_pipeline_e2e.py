@@ -106,6 +106,24 @@ def test_second_repro_runs_nothing(project: Path) -> None:
     assert "Running stage" not in out, out
 
 
+def test_plots_render_offline_and_notebooks_read_well(project: Path, tmp_path: Path) -> None:
+    """`dvc plots show` uses the vendored template (no script from a CDN) and finds the report's data
+    plots; the executed report notebook has headed sections; training progress is plain output. (Before
+    test_changing_one_run_reruns_only_that_run, whose new epochs leave the two runs no longer a pair.)"""
+    for name in ("utility.csv", "class_rates.csv", "training_curves.csv"):
+        assert len(pd.read_csv(project / "reports/plots" / name)) > 0, name
+    _sh(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], project)
+    html = (tmp_path / "plots/index.html").read_text()
+    assert "vegaEmbed" in html and not re.search(r"<script[^>]+src=.https?://", html)
+    report_nb = json.loads((project / "reports/notebooks/report.ipynb").read_text())
+    headings = ["".join(c["source"]) for c in report_nb["cells"] if c["cell_type"] == "markdown"]
+    headings += ["".join(o["data"]["text/markdown"]) for c in report_nb["cells"] for o in c.get("outputs", [])
+                 if "text/markdown" in o.get("data", {})]
+    assert any(h.startswith("## One global threshold") for h in headings)
+    train_nb = json.loads((project / f"reports/notebooks/train-{RUNS[0]}.ipynb").read_text())
+    assert not [o for c in train_nb["cells"] for o in c.get("outputs", []) if o.get("name") == "stderr"]
+
+
 def test_changing_one_run_reruns_only_that_run(project: Path) -> None:
     out = _sh(["dvc", "exp", "run", "-S", "+runs.digits-ms-tcm.train.epochs=3"], project).stdout
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
@@ -189,20 +207,3 @@ def test_code_change_retrains_and_reevaluates(project: Path) -> None:
     assert "holds a finished run" in (project / "reports/notebooks/train-digits-ms.ipynb").read_text()
     _sh(["dvc", "repro"], project)  # back to the committed code
     assert _sh(["git", "rev-parse", "HEAD"], project).stdout.strip() == head
-
-
-def test_plots_render_offline_and_notebooks_read_well(project: Path, tmp_path: Path) -> None:
-    """`dvc plots show` uses the vendored template (no script from a CDN) and finds the report's data
-    plots; the executed report notebook has headed sections; training progress is plain output."""
-    for name in ("utility.csv", "class_rates.csv", "training_curves.csv"):
-        assert len(pd.read_csv(project / "reports/plots" / name)) > 0, name
-    _sh(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], project)
-    html = (tmp_path / "plots/index.html").read_text()
-    assert "vegaEmbed" in html and not re.search(r"<script[^>]+src=.https?://", html)
-    report_nb = json.loads((project / "reports/notebooks/report.ipynb").read_text())
-    headings = ["".join(c["source"]) for c in report_nb["cells"] if c["cell_type"] == "markdown"]
-    headings += ["".join(o["data"]["text/markdown"]) for c in report_nb["cells"] for o in c.get("outputs", [])
-                 if "text/markdown" in o.get("data", {})]
-    assert any(h.startswith("## One global threshold") for h in headings)
-    train_nb = json.loads((project / f"reports/notebooks/train-{RUNS[0]}.ipynb").read_text())
-    assert not [o for c in train_nb["cells"] for o in c.get("outputs", []) if o.get("name") == "stderr"]

@@ -46,7 +46,8 @@ def test_dvc_plots_render_without_errors(project: Path) -> None:
     data = shown["data"]
     curves = data["training curves (mean over seeds)"][0]["content"]["data"]["values"]
     assert {(v["run"], v["part"]) for v in curves} == {(r, p) for r in RUNS for p in ("loss", "base_loss", "tcm_loss")}
-    images = [k for k, v in data.items() if v[0]["type"] == "image"]
+    # A data plot of no rows is an empty list (class rates once earlier tests left the runs no pair).
+    images = [k for k, v in data.items() if v and v[0]["type"] == "image"]
     assert images and all(k.endswith(".png") for k in images), list(data)
 
 
