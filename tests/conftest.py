@@ -114,6 +114,14 @@ def copy_project(dest: Path, params: dict) -> Path:
     return dest
 
 
+def copy_finished(project: Path, dest: Path) -> Path:
+    """A copy of a reproduced project (its git repository, DVC cache and results) for a test that changes
+    it, so the tests after it see the project as `dvc repro` left it. The MLflow store is left out (see
+    tree_digest): the copy's stages start a new one."""
+    shutil.copytree(project, dest, symlinks=True, ignore=shutil.ignore_patterns("mlflow.db*"))
+    return dest
+
+
 @pytest.fixture(scope="session")
 def project(tmp_path_factory) -> Path:
     """The test pipeline (E2E_RUNS, E2E_SEEDS) reproduced once in a fresh copy of the working tree."""
@@ -121,6 +129,16 @@ def project(tmp_path_factory) -> Path:
     first = run_command(["dvc", "repro"], dest)
     (dest / "first_repro.log").write_text(first.stdout)
     return dest
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Units of work for `pytest -n N --dist loadgroup` (make test): every test using the reproduced
+    `project` goes to one worker, in collection order (they share one `dvc repro`, and a few change the
+    project for the ones after them); every other test stays with its module, whose module-scoped
+    fixtures (a small pipeline, a trained model) are then made once."""
+    for item in items:
+        group = "project" if "project" in getattr(item, "fixturenames", ()) else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 # ---------------------------------------------------------------- training on digits (test_train*.py, faults)

@@ -19,7 +19,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-from conftest import REPO, run_command
+from conftest import REPO, copy_finished, run_command
 
 from tcm.fingerprint import PACKAGE_DIR, source_files
 
@@ -79,8 +79,7 @@ def _notebook_imports(nb_path: Path) -> set[str]:
 def executed_modules(project: Path, tmp_path_factory) -> dict[str, set[str]]:
     """Per stage: the tcm files loaded in the kernel after running its notebook (in a copy of the
     test project, so that the other end-to-end tests see it unchanged)."""
-    work = tmp_path_factory.mktemp("deps") / "project"
-    shutil.copytree(project, work, symlinks=True, ignore=shutil.ignore_patterns("mlflow.db*"))  # see tree_digest
+    work = copy_finished(project, tmp_path_factory.mktemp("deps") / "project")
     found = {}
     for stage, (notebook, params) in NOTEBOOK_STAGES.items():
         nb = nbformat.read(work / "notebooks" / notebook, as_version=4)
