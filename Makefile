@@ -35,11 +35,15 @@ repro-parallel: $(VENV)/.installed
 	$(ACTIVATE) && tcm parallel $(if $(strip $(GPUS)),--gpus $(GPUS),--jobs $(JOBS))
 
 # --durations: the CI log names the slowest tests (candidates for the `slow` marker or a shared fixture).
+# -n: test processes side by side (pytest-xdist; WORKERS=0 runs in this process); loadgroup keeps the
+# tests that share a pipeline, and each module's tests, on one worker (tests/conftest.py).
+WORKERS ?= 2
+XDIST = -n $(WORKERS) --dist loadgroup
 test: $(VENV)/.installed
-	$(ACTIVATE) && ruff check . && python -m pytest --durations=25
+	$(ACTIVATE) && ruff check . && python -m pytest $(XDIST) --durations=25
 
 test-fast: $(VENV)/.installed
-	$(ACTIVATE) && ruff check . && python -m pytest -m "not e2e and not slow"
+	$(ACTIVATE) && ruff check . && python -m pytest $(XDIST) -m "not e2e and not slow"
 
 # JupyterLab refuses to run as root (containers, CI) unless told to.
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root,)
