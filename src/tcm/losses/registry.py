@@ -13,6 +13,7 @@ from tcm.config import LOSS_PARAMS, LossConfig, Registry, RegistryError, TCMConf
 from tcm.losses.recall_at_k import RecallAtKSurrogate
 from tcm.losses.smooth_ap import SmoothAP
 from tcm.losses.tcm import ThresholdConsistentMargin
+from tcm.runfiles import LOSS_PARTS
 
 _losses: Registry[type[nn.Module]] = Registry("loss", LOSS_PARAMS)
 # Each base loss under its params name (tcm.config.registry.LOSS_PARAMS, which also declares the parameters
@@ -51,7 +52,7 @@ _check_declared_params()
 
 @dataclass
 class Criterion:
-    """base(embeddings, labels [, miner tuples]) + TCM(embeddings, labels), reported per part."""
+    """base(embeddings, labels [, miner tuples]) + TCM(embeddings, labels), reported per part (LOSS_PARTS)."""
 
     base: nn.Module
     miner: nn.Module | None
@@ -61,7 +62,7 @@ class Criterion:
         tuples = self.miner(embeddings, labels) if self.miner is not None else None
         base = self.base(embeddings, labels, tuples) if tuples is not None else self.base(embeddings, labels)
         tcm = self.tcm(embeddings, labels) if self.tcm is not None else torch.zeros((), device=embeddings.device)
-        return {"loss": base + tcm, "base_loss": base, "tcm_loss": tcm}
+        return dict(zip(LOSS_PARTS, (base + tcm, base, tcm)))
 
     def parameters(self) -> list[nn.Parameter]:
         """Learnable loss parameters (ProxyAnchor's proxies)."""
