@@ -52,8 +52,8 @@ class EvaluationConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: count(MAX_WORKERS, lower=0) = 0
     decode: Literal["workers", "device"] = "workers"  # as train.decode, for the test split
-    # Threshold report: the global threshold with this overall FAR on the test set, and the spread
-    # of per-class FAR / FRR at it (min, median, max, mean of the worst `worst_share` of classes).
+    # Threshold report: the global threshold with this overall FAR on the test set, and the per-class FAR /
+    # FRR at it summarised over the classes (min, median, max, mean of the worst `worst_share` of classes).
     target_far: float = Field(1e-3, gt=0.0, lt=1.0)
     worst_share: float = Field(0.05, gt=0.0, le=1.0)
     bootstrap: BootstrapConfig = BootstrapConfig()

@@ -57,7 +57,7 @@ def dataset_table(comparison: pd.DataFrame, dataset: str, ks: tuple[int, ...] | 
 
 def threshold_table(cfg: Config) -> pd.DataFrame:
     """Per evaluated run and seed: the global threshold at the target FAR (metrics.json's
-    threshold_report) and the spread of per-class FAR and FRR at it."""
+    threshold_report) and the per-class FAR and FRR at it, summarised over the classes."""
     rows = []
     for name in cfg.runs:
         run_dir = cfg.run_dir(name)
