@@ -27,7 +27,7 @@ LAYERS = {
     # shared pieces
     "tcm.data": 2, "tcm.models": 2, "tcm.losses": 2, "tcm.metrics": 2, "tcm.device": 2, "tcm.checkpoint": 2,
     "tcm.tracking": 2, "tcm.notebook": 2, "tcm.provenance": 2, "tcm.figures": 2, "tcm.samplers": 2, "tcm.embed": 2,
-    "tcm.mlflow_log": 2,
+    "tcm.mlflow_log": 2, "tcm.safe_load": 2,
     # stages and what drives them
     # (report/: definitions, runs, comparisons, claims, tables, figure_data, readme, notebooks, stage)
     "tcm.train": 3, "tcm.pretrain": 3, "tcm.evaluate": 3, "tcm.report": 3, "tcm.explore": 3, "tcm.profiles": 3,

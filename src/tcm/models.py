@@ -7,8 +7,6 @@ and importing this module fails if a declared name has no constructor.
 
 from __future__ import annotations
 
-import pickle
-import re
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +17,7 @@ from torch import nn
 from tcm.config import BACKBONES as BACKBONE_NAMES
 from tcm.config import ModelConfig, Registry
 from tcm.errors import TcmError
+from tcm.safe_load import UnreadableTorchFile, load_weights_only
 
 _backbones: Registry[Callable[[], tuple[nn.Module, int]]] = Registry("backbone", BACKBONE_NAMES)
 
@@ -157,17 +156,16 @@ def _load_pretrained(name: str, backbone: nn.Module, cfg: ModelConfig) -> None:
 
 def read_state_dict(path: Path, where: str) -> dict[str, torch.Tensor]:
     """A backbone's state_dict saved with ``torch.save``; :class:`WeightsError` names ``where`` and the
-    fix. Loaded with ``weights_only=True``: a file holding pickled code is refused, never run, so the
-    message must not suggest ``weights_only=False`` as torch's own does."""
+    fix. Read by :func:`tcm.safe_load.load_weights_only`: a file holding a pickled class or function is
+    refused, never run, and the message says how to save a state_dict instead."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        what = f"a pickled Python object ({found.group(1)})" if found else "no readable torch data"
+        state = load_weights_only(path)
+    except UnreadableTorchFile as e:
+        if e.cause is not None:  # truncated, or not a torch file at all
+            raise WeightsError(f"{where} is not a readable torch file ({_one_line(e.cause)}); save it again") from None
+        what = f"a pickled Python object ({e.pickled})" if e.pickled else "no readable torch data"
         raise WeightsError(f"{where} holds {what}, not a state_dict; save one with "
                            "torch.save(model.state_dict(), path) (tcm never unpickles code)") from None
-    except Exception as e:  # truncated, or not a torch file at all
-        raise WeightsError(f"{where} is not a readable torch file ({_one_line(e)}); save it again") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         raise WeightsError(f"{where} is a training checkpoint, not a backbone state_dict; point it at a backbone "
                            "(e.g. pretrained/<dataset>/backbone.pt)")
