@@ -36,4 +36,3 @@ class ConfigError(TcmError, ValueError):
 class StrictModel(BaseModel):
     # inf and nan are refused wherever a float is accepted (YAML spells them .inf and .nan).
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-

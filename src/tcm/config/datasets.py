@@ -116,7 +116,6 @@ class DatasetConfig(StrictModel):
         return self
 
 
-
 def known_train_classes(ds: DatasetConfig) -> int | None:
     """How many classes the train split of ``ds`` will have, where params alone tell (digits, MNIST,
     synthetic copies); None for real benchmark files, whose count the train stage checks before
@@ -132,7 +131,6 @@ def known_train_classes(ds: DatasetConfig) -> int | None:
     return None
 
 
-
 # Settings of a data set that say how training and pretraining use its images, which the data stage
 # never reads: an edit to them re-runs training, not `tcm data prepare` (the data stage depends on
 # data_settings() only, written by the validate stage; tests/test_data_settings.py holds that the
@@ -143,4 +141,3 @@ TRAINING_ONLY_KEYS = ("image_size", "resize", "crop_scale", "hflip", "pretrain")
 def data_settings(dataset: DatasetConfig) -> dict[str, Any]:
     """What the data stage prepares a data set from: its settings less :data:`TRAINING_ONLY_KEYS`."""
     return dataset.model_dump(mode="json", exclude=set(TRAINING_ONLY_KEYS))
-

@@ -57,4 +57,3 @@ class EvaluationConfig(StrictModel):
     target_far: float = Field(1e-3, gt=0.0, lt=1.0)
     worst_share: float = Field(0.05, gt=0.0, le=1.0)
     bootstrap: BootstrapConfig = BootstrapConfig()
-

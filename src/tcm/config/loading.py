@@ -131,4 +131,3 @@ def load_config(path: Path | str = "params.yaml") -> Config:
     except YamlError as e:
         raise ConfigError(str(e)) from None
     return parse_config(raw, source=str(path), base_dir=path.resolve().parent)
-

@@ -203,4 +203,3 @@ class RunConfig(StrictModel):
     loss: LossConfig
     tcm: TCMConfig = TCMConfig()
     train: TrainConfig = TrainConfig()
-

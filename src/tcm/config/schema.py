@@ -22,6 +22,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")
 NAME_RULE = ("1-80 characters from letters, digits, '_', '.', '-', starting with a letter or digit "
              "(it names a folder and a stage)")
 
+
 class MlflowConfig(StrictModel):
     enabled: bool = True
     tracking_uri: str = "sqlite:///mlflow.db"  # relative paths are taken from params.yaml's folder
@@ -120,7 +121,6 @@ class Config(StrictModel):
         return self.path(self.paths.pretrained) / dataset
 
 
-
 def check_batches(cfg: Config, source: str = "params.yaml") -> None:
     """Each run's batch of one process needs batch_size / m_per_class distinct train classes: checked
     where params alone tell the class count (the validate stage; the train stage checks every data set
@@ -135,7 +135,6 @@ def check_batches(cfg: Config, source: str = "params.yaml") -> None:
                 f"{run.dataset!r} trains on {classes}; lower batch_size or raise m_per_class")
 
 
-
 def resolved_run(cfg: Config, name: str) -> dict[str, Any]:
     """The merged settings of one run as plain data: what is saved beside the run and logged."""
     run = cfg.run(name)
@@ -145,7 +144,6 @@ def resolved_run(cfg: Config, name: str) -> dict[str, Any]:
         "dataset_config": cfg.dataset(run.dataset).model_dump(mode="json"),
         "evaluation": cfg.evaluation.model_dump(mode="json"),
     }
-
 
 
 def training_settings(settings: dict[str, Any]) -> dict[str, Any]:

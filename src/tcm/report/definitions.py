@@ -51,7 +51,10 @@ def change_column(metric: str) -> str:
 
 
 def change_scale(metric: str) -> float:
+    """What a difference of ``metric`` is multiplied by in its change column (:func:`change_column`)."""
     return 1.0 if metric in CONSISTENCY else PP
+
+
 NEEDS_SEEDS = "intervals need >= 2 seeds"
 
 
@@ -75,4 +78,5 @@ def metric_columns(columns) -> list[str]:
 
 
 def seed_list(seeds) -> str:
+    """Seeds as the tables write them: '0, 1, 2'."""
     return ", ".join(str(int(s)) for s in seeds)
