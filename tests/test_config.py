@@ -27,13 +27,18 @@ def test_repository_params_are_valid() -> None:
     assert cfg.runs["glyphs-ms-tcm"].tcm.margins == "train_quantiles"
 
 
-def test_loss_params_table_matches_the_loss_classes() -> None:
-    from tcm.config import LOSS_PARAMS
+def test_loss_params_table_matches_the_loss_classes(monkeypatch) -> None:
+    from tcm.config import LOSS_PARAMS, RegistryError
+    from tcm.losses import registry
     from tcm.losses.registry import BASE_LOSSES, accepted_loss_params
 
-    assert set(LOSS_PARAMS) == set(BASE_LOSSES)
+    assert list(LOSS_PARAMS) == list(BASE_LOSSES)
     for name, accepted in LOSS_PARAMS.items():
         assert list(accepted) == accepted_loss_params(name), name
+    # What importing tcm.losses checks: a parameter the constructor does not take (or one it takes left out).
+    monkeypatch.setitem(LOSS_PARAMS, "contrastive", {**LOSS_PARAMS["contrastive"], "margin": float})
+    with pytest.raises(RegistryError, match=r"\['contrastive'\] declares \['margin', 'neg_margin', 'pos_margin'\]"):
+        registry._check_declared_params()
 
 
 def test_validating_params_does_not_import_torch() -> None:

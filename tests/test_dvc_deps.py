@@ -9,7 +9,6 @@ executing its notebook with papermill on the test pipeline and reading the kerne
 
 from __future__ import annotations
 
-import ast
 import json
 import shutil
 import subprocess
@@ -21,7 +20,7 @@ import pytest
 import yaml
 from conftest import REPO, copy_finished, run_command
 
-from tcm.fingerprint import PACKAGE_DIR, source_files
+from tcm.fingerprint import PACKAGE_DIR, imported_names, source_files
 
 SRC = PACKAGE_DIR.parent  # .../src
 NOTEBOOK_STAGES = {
@@ -61,17 +60,11 @@ def _relative(paths) -> set[str]:
 
 
 def _notebook_imports(nb_path: Path) -> set[str]:
-    """The tcm modules a notebook's code cells import."""
+    """The tcm modules a notebook's code cells import (read as the fingerprint reads a module)."""
     names = set()
     for cell in nbformat.read(nb_path, as_version=4).cells:
-        if cell.cell_type != "code":
-            continue
-        for node in ast.walk(ast.parse(cell.source)):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tcm"):
-                names.add(node.module)
-                names.update(f"{node.module}.{a.name}" for a in node.names)
-            elif isinstance(node, ast.Import):
-                names.update(a.name for a in node.names if a.name.startswith("tcm"))
+        if cell.cell_type == "code":
+            names.update(n for n in imported_names(cell.source) if n == "tcm" or n.startswith("tcm."))
     return names
 
 

@@ -2,6 +2,10 @@
 
 Nothing imports a layer above its own, and no stage imports another stage (evaluation must not
 run training code, nor the report evaluation's). Function-level imports count too.
+
+The imports are read here by a reader of this test's own (:func:`_imports`), an independent oracle of
+the package's one import reader, :func:`tcm.fingerprint.imported_names` (which finds the files each
+stage runs, for the resume fingerprint and dvc.yaml's deps): both must agree on every file.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ LAYERS = {
     # foundations: no tcm imports but each other
     "tcm": 0, "tcm.errors": 0, "tcm.atomic": 0, "tcm.runfiles": 0, "tcm.stats": 0, "tcm.fingerprint": 0,
     "tcm.progress": 0, "tcm.locks": 0, "tcm.project": 0, "tcm.strict_yaml": 0,
+    # settings: config/ (base, registry of backbone and loss names, datasets, runs, evaluation, schema, loading)
     "tcm.config": 1,
     # shared pieces
     "tcm.data": 2, "tcm.models": 2, "tcm.losses": 2, "tcm.metrics": 2, "tcm.device": 2, "tcm.checkpoint": 2,
     "tcm.tracking": 2, "tcm.notebook": 2, "tcm.provenance": 2, "tcm.figures": 2, "tcm.samplers": 2, "tcm.embed": 2,
-    "tcm.mlflow_log": 2,
+    "tcm.mlflow_log": 2, "tcm.safe_load": 2,
     # stages and what drives them
+    # (report/: definitions, runs, comparisons, claims, tables, figure_data, readme, notebooks, stage)
     "tcm.train": 3, "tcm.pretrain": 3, "tcm.evaluate": 3, "tcm.report": 3, "tcm.explore": 3, "tcm.profiles": 3,
     "tcm.cli": 4,
 }
@@ -99,3 +105,24 @@ def test_the_check_catches_an_upward_import(tmp_path) -> None:
     bad.write_text("from tcm.train import run\n")
     assert _imports(bad, "tcm.models") == {"tcm.train"}
     assert LAYERS[_unit("tcm.train")] > LAYERS[_unit("tcm.models")]
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.relative_to(SRC).as_posix())
+def test_the_shared_import_reader_agrees_with_this_one(path: Path) -> None:
+    """tcm.fingerprint.imported_names names the same tcm modules as :func:`_imports` (which adds
+    ``x.y`` of ``from x import y`` only where y is a module of LAYERS; the shared reader adds every y)."""
+    from tcm.fingerprint import imported_names
+
+    def units(names) -> set[str]:
+        found = set()
+        for n in names:
+            if n == "tcm" or n.startswith("tcm."):
+                try:
+                    found.add(_unit(n))
+                except KeyError:  # `from tcm import __version__`: a name, not a module
+                    continue
+        return found
+
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    assert units(imported_names(path.read_text(), package)) == units(_imports(path, module))

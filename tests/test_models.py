@@ -294,7 +294,14 @@ def test_imagenet21k_is_for_vit_b_16_only_and_imagenet1k_stays_torchvision() -> 
 
 
 def test_every_backbone_name_of_the_config_has_a_constructor_and_no_other() -> None:
-    """config.BACKBONES (validated without importing torch) names exactly models.BACKBONES."""
+    """models registers one constructor against each name of config.BACKBONES (validated without
+    importing torch), and a constructor under an undeclared name fails."""
     from tcm import config, models
 
-    assert set(config.BACKBONES) == set(models.BACKBONES)
+    assert list(models.BACKBONES) == list(config.BACKBONES)
+    with pytest.raises(config.RegistryError, match="'resnet18' is not declared"):
+        config.Registry("backbone", config.BACKBONES).register("resnet18")
+    half = config.Registry("backbone", config.BACKBONES)
+    half.register("small_cnn")(models.BACKBONES["small_cnn"])
+    with pytest.raises(config.RegistryError, match="without a constructor: \\['resnet50', 'vit_b_16', 'vit_tiny'\\]"):
+        half.table()

@@ -243,7 +243,7 @@ def _uncommented_deviations(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in PROFILES.glob("*.yaml")))
 def test_profiles_say_why_they_deviate_from_the_schema_defaults(name: str) -> None:
-    """One source of defaults: the schema's (src/tcm/config.py, each with its reason). A profile that
+    """One source of defaults: the schema's (src/tcm/config/, each with its reason). A profile that
     sets another value says why on that line; keys a profile leaves out take the schema's default.
     (The recipes' values are sourced per recipe in docs/recipes.md.)"""
     assert not _uncommented_deviations(PROFILES / f"{name}.yaml")

@@ -8,8 +8,6 @@ neither of those imports the training code.
 from __future__ import annotations
 
 import errno
-import pickle
-import re
 from pathlib import Path
 
 import torch
@@ -18,6 +16,7 @@ from tcm.atomic import WriteError, atomic_path, free_bytes, write_error
 from tcm.config import ModelConfig
 from tcm.models import build_model
 from tcm.runfiles import CheckpointError
+from tcm.safe_load import UnreadableTorchFile, load_weights_only
 
 
 def state_bytes(state: object) -> int:
@@ -71,17 +70,16 @@ def read_checkpoint(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint here; train the run first (dvc repro, or tcm train RUN)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # weights_only refuses any pickled class or function, which could run code when loaded.
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if found is None:
+        state = load_weights_only(path)
+    except UnreadableTorchFile as e:
+        if e.cause is not None:  # truncated, or not a torch file at all
+            raise CheckpointError(f"{path}: not a readable checkpoint ({type(e.cause).__name__}: {e.cause}); "
+                                  "retrain the run") from None
+        if e.pickled is None:
             raise CheckpointError(f"{path}: not a readable checkpoint (truncated or another format); "
                                   "retrain the run") from None
-        raise CheckpointError(f"{path}: refused: the checkpoint holds a pickled Python object ({found.group(1)}), "
+        raise CheckpointError(f"{path}: refused: the checkpoint holds a pickled Python object ({e.pickled}), "
                               "and tcm loads only tensors and plain values; retrain the run") from None
-    except Exception as e:  # truncated, or not a torch file at all
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e}); retrain the run") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: not a tcm checkpoint (no model state); retrain the run")
     return state

@@ -167,7 +167,7 @@ def least_consistent_classes(curves: pd.DataFrame, n: int = 10) -> pd.DataFrame:
 
 
 def threshold_summary(metrics: dict) -> pd.DataFrame:
-    """The global threshold at the target FAR and the spread of per-class FAR and FRR at it."""
+    """The global threshold at the target FAR and the per-class FAR and FRR at it, summarised over the classes."""
     rep = metrics.get("threshold_report")
     if rep is None:
         raise KeyError("metrics.json has no threshold_report; re-run the evaluate stage")

@@ -13,7 +13,7 @@ from matplotlib.ticker import MaxNLocator
 
 from tcm.atomic import atomic_path
 from tcm.notebook import draw_utility
-from tcm.runfiles import LOSS_PARTS
+from tcm.runfiles import LOSS_PART_TITLES, LOSS_PARTS
 
 # Matplotlib writes dates into PNG and PDF files; without them unchanged results give unchanged files.
 _METADATA = {".png": {"Software": None}, ".pdf": {"CreationDate": None, "Producer": None}}
@@ -154,7 +154,7 @@ def training_curves(histories: dict[str, pd.DataFrame]) -> plt.Figure:
             g = h.groupby("epoch")[col].agg(["mean", "min", "max"])
             ax.plot(g.index, g["mean"], marker=".", color=colour, label=f"{name} ({n} seed{'s' * (n != 1)})")
             ax.fill_between(g.index, g["min"], g["max"], color=colour, alpha=0.2, lw=0)
-    for ax, title in zip(axes, ("total loss", "base loss", "TCM term")):
+    for ax, title in zip(axes, LOSS_PART_TITLES.values()):
         ax.set(xlabel="epoch", ylabel=title, title=f"{title} (mean over seeds, band = min to max)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend(fontsize=7)

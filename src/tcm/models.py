@@ -1,12 +1,12 @@
 """Backbones (torchvision; timm for ViT-B/16 ImageNet-21k) + a linear embedding head with L2 normalisation.
 
-A plain dict from name to constructor (timm style) instead of a framework.
+Each backbone's constructor registers under its name in ``tcm.config.registry.BACKBONES`` (timm style:
+``@_backbones.register(name)``); :data:`BACKBONES` is the resulting plain dict from name to constructor,
+and importing this module fails if a declared name has no constructor.
 """
 
 from __future__ import annotations
 
-import pickle
-import re
 from pathlib import Path
 from typing import Callable
 
@@ -14,14 +14,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tcm.config import ModelConfig
+from tcm.config import BACKBONES as BACKBONE_NAMES
+from tcm.config import ModelConfig, Registry
 from tcm.errors import TcmError
+from tcm.safe_load import UnreadableTorchFile, load_weights_only
+
+_backbones: Registry[Callable[[], tuple[nn.Module, int]]] = Registry("backbone", BACKBONE_NAMES)
 
 
 class WeightsError(TcmError, RuntimeError):
     """Pretrained weights could not be loaded; the message says from where and how to get them."""
 
 
+@_backbones.register("small_cnn")
 def _small_cnn() -> tuple[nn.Module, int]:
     """A 4-block CNN for the embedded digits default: trains in seconds on a CPU."""
 
@@ -46,6 +51,7 @@ class GeM(nn.Module):
         return x.clamp(min=self.eps).pow(self.p).mean(dim=(-2, -1), keepdim=True).pow(1.0 / self.p)
 
 
+@_backbones.register("resnet50")
 def _resnet50() -> tuple[nn.Module, int]:
     from torchvision.models import resnet50
 
@@ -55,6 +61,7 @@ def _resnet50() -> tuple[nn.Module, int]:
     return net, dim
 
 
+@_backbones.register("vit_b_16")
 def _vit_b_16() -> tuple[nn.Module, int]:
     from torchvision.models import vit_b_16
 
@@ -73,6 +80,7 @@ def _vit_b_16_in21k() -> tuple[nn.Module, int]:
     return net, net.num_features
 
 
+@_backbones.register("vit_tiny")
 def _vit_tiny() -> tuple[nn.Module, int]:
     """A 2-layer ViT on 32 px images: stands in for ViT-B/16 where the `smoke` profile runs the
     paper's matrix on CPU in minutes (same torchvision class, so the same code path)."""
@@ -83,12 +91,7 @@ def _vit_tiny() -> tuple[nn.Module, int]:
     return net, 32
 
 
-BACKBONES: dict[str, Callable[[], tuple[nn.Module, int]]] = {
-    "small_cnn": _small_cnn,
-    "resnet50": _resnet50,
-    "vit_b_16": _vit_b_16,
-    "vit_tiny": _vit_tiny,
-}
+BACKBONES = _backbones.table()  # name -> constructor returning (module, feature dimension)
 # torchvision's ImageNet weights per (backbone, model.weights), downloaded into the torch hub cache when
 # online. `imagenet1k` is torchvision's DEFAULT; `imagenet1k_v1` its first release, which for ResNet-50 is
 # what the reference recipes start from: RS@k and Smooth-AP load pretrainedmodels' resnet50 (0.7.4:
@@ -153,17 +156,16 @@ def _load_pretrained(name: str, backbone: nn.Module, cfg: ModelConfig) -> None:
 
 def read_state_dict(path: Path, where: str) -> dict[str, torch.Tensor]:
     """A backbone's state_dict saved with ``torch.save``; :class:`WeightsError` names ``where`` and the
-    fix. Loaded with ``weights_only=True``: a file holding pickled code is refused, never run, so the
-    message must not suggest ``weights_only=False`` as torch's own does."""
+    fix. Read by :func:`tcm.safe_load.load_weights_only`: a file holding a pickled class or function is
+    refused, never run, and the message says how to save a state_dict instead."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        what = f"a pickled Python object ({found.group(1)})" if found else "no readable torch data"
+        state = load_weights_only(path)
+    except UnreadableTorchFile as e:
+        if e.cause is not None:  # truncated, or not a torch file at all
+            raise WeightsError(f"{where} is not a readable torch file ({_one_line(e.cause)}); save it again") from None
+        what = f"a pickled Python object ({e.pickled})" if e.pickled else "no readable torch data"
         raise WeightsError(f"{where} holds {what}, not a state_dict; save one with "
                            "torch.save(model.state_dict(), path) (tcm never unpickles code)") from None
-    except Exception as e:  # truncated, or not a torch file at all
-        raise WeightsError(f"{where} is not a readable torch file ({_one_line(e)}); save it again") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         raise WeightsError(f"{where} is a training checkpoint, not a backbone state_dict; point it at a backbone "
                            "(e.g. pretrained/<dataset>/backbone.pt)")

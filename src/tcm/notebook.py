@@ -14,6 +14,7 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from tcm.config import Config
+from tcm.runfiles import LOSS_PART_TITLES
 from tcm.stats import headline, spread
 
 
@@ -113,8 +114,7 @@ def sample_images(manifest, per_class: int = 8, max_classes: int = 10) -> plt.Fi
 def plot_history(history: pd.DataFrame, title: str = "") -> plt.Figure:
     """Loss parts and throughput per epoch of one run: one line per seed."""
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.5), layout="constrained")
-    panels = (("loss", "total loss"), ("base_loss", "base loss"), ("tcm_loss", "TCM term"),
-              ("images_per_s", "images / s"))
+    panels = (*LOSS_PART_TITLES.items(), ("images_per_s", "images / s"))
     for seed, h in by_seed(history):
         for ax, (col, _) in zip(axes, panels):
             ax.plot(h["epoch"], h[col], marker=".", label=f"seed {seed}")

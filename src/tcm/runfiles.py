@@ -23,8 +23,10 @@ from pathlib import Path
 from tcm.errors import TcmError
 
 _SEED_DIR = re.compile(r"seed-(\d+)")
-# The loss columns of history.csv (and of the training step's losses): the total, its base-loss and TCM parts.
-LOSS_PARTS = ("loss", "base_loss", "tcm_loss")
+# The loss columns of history.csv (and of the training step's losses): the total, its base-loss and TCM parts,
+# with the title a plot gives each.
+LOSS_PART_TITLES = {"loss": "total loss", "base_loss": "base loss", "tcm_loss": "TCM term"}
+LOSS_PARTS = tuple(LOSS_PART_TITLES)
 
 
 class CheckpointError(TcmError, ValueError):

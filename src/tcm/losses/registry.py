@@ -9,24 +9,25 @@ import pytorch_metric_learning.losses as pml_losses
 import torch
 from torch import nn
 
-from tcm.config import LossConfig, TCMConfig
+from tcm.config import LOSS_PARAMS, LossConfig, Registry, RegistryError, TCMConfig
 from tcm.losses.recall_at_k import RecallAtKSurrogate
 from tcm.losses.smooth_ap import SmoothAP
 from tcm.losses.tcm import ThresholdConsistentMargin
+from tcm.runfiles import LOSS_PARTS
 
-# Base losses by params name (config.LOSS_PARAMS). Smooth-AP is ours: pml's SmoothAPLoss mis-groups
-# positives when m differs from the number of classes in the batch, and needs O(batch^3) memory
-# (tests/test_losses.py).
-BASE_LOSSES: dict[str, type[nn.Module]] = {
-    "multi_similarity": pml_losses.MultiSimilarityLoss,
-    "proxy_anchor": pml_losses.ProxyAnchorLoss,
-    "smooth_ap": SmoothAP,
-    "rs_at_k": RecallAtKSurrogate,
-    "contrastive": pml_losses.ContrastiveLoss,
-    "triplet": pml_losses.TripletMarginLoss,
-}
-# Constructor arguments that build_criterion fills in itself, so params must not set them.
-# (simix: RS@k's, from loss.simix rather than loss.params.)
+_losses: Registry[type[nn.Module]] = Registry("loss", LOSS_PARAMS)
+# Each base loss under its params name (tcm.config.registry.LOSS_PARAMS, which also declares the parameters
+# params.yaml may set and their types). Smooth-AP is ours: pml's SmoothAPLoss mis-groups positives when m
+# differs from the number of classes in the batch, and needs O(batch^3) memory (tests/test_losses.py).
+_losses.register("multi_similarity")(pml_losses.MultiSimilarityLoss)
+_losses.register("proxy_anchor")(pml_losses.ProxyAnchorLoss)
+_losses.register("smooth_ap")(SmoothAP)
+_losses.register("rs_at_k")(RecallAtKSurrogate)
+_losses.register("contrastive")(pml_losses.ContrastiveLoss)
+_losses.register("triplet")(pml_losses.TripletMarginLoss)
+BASE_LOSSES: dict[str, type[nn.Module]] = _losses.table()
+# Constructor arguments that build_criterion fills in itself (or leaves at their defaults), so params must
+# not set them. (simix: RS@k's, from loss.simix rather than loss.params.)
 _ARGS_SET_BY_CODE = {"num_classes", "embedding_size", "distance", "reducer", "embedding_regularizer",
                      "embedding_reg_weight", "collect_stats", "simix"}
 
@@ -37,9 +38,21 @@ def accepted_loss_params(name: str) -> list[str]:
     return sorted(accepted - _ARGS_SET_BY_CODE)
 
 
+def _check_declared_params() -> None:
+    """LOSS_PARAMS names, for each loss, exactly the constructor arguments params may set (checked at
+    import, as the names are; tests/test_faults_config.py checks their types against the signatures)."""
+    for name, declared in LOSS_PARAMS.items():
+        if sorted(declared) != accepted_loss_params(name):
+            raise RegistryError(f"tcm.config.registry.LOSS_PARAMS[{name!r}] declares {sorted(declared)}, but "
+                                f"{BASE_LOSSES[name].__name__} accepts {accepted_loss_params(name)} from params")
+
+
+_check_declared_params()
+
+
 @dataclass
 class Criterion:
-    """base(embeddings, labels [, miner tuples]) + TCM(embeddings, labels), reported per part."""
+    """base(embeddings, labels [, miner tuples]) + TCM(embeddings, labels), reported per part (LOSS_PARTS)."""
 
     base: nn.Module
     miner: nn.Module | None
@@ -49,7 +62,7 @@ class Criterion:
         tuples = self.miner(embeddings, labels) if self.miner is not None else None
         base = self.base(embeddings, labels, tuples) if tuples is not None else self.base(embeddings, labels)
         tcm = self.tcm(embeddings, labels) if self.tcm is not None else torch.zeros((), device=embeddings.device)
-        return {"loss": base + tcm, "base_loss": base, "tcm_loss": tcm}
+        return dict(zip(LOSS_PARTS, (base + tcm, base, tcm)))
 
     def parameters(self) -> list[nn.Parameter]:
         """Learnable loss parameters (ProxyAnchor's proxies)."""

@@ -12,7 +12,7 @@ Modules, one concept each:
     histograms        the histogram grid and exact pair counts at its edges
     retrieval         Recall@k, MAP@R, R-precision
     opis              TPR / TNR / utility curves, OPIS, eps-OPIS
-    threshold_report  one global threshold at a target FAR and the per-class FAR / FRR spread
+    threshold_report  one global threshold at a target FAR; per-class FAR / FRR there, summarised over classes
     bootstrap         class-stratified bootstrap sd of OPIS over the queries; pair cosine medians
     suite             everything in one pass: ``evaluate_embeddings``
 """
@@ -31,8 +31,8 @@ from tcm.metrics.opis import (
     utility,
 )
 from tcm.metrics.suite import Evaluation, MetricSettings, ScanOptions, evaluate_embeddings
-from tcm.metrics.threshold_report import spread, threshold_report
+from tcm.metrics.threshold_report import class_rate_summary, threshold_report
 
 __all__ = ["ClassHistograms", "Evaluation", "Grid", "MetricSettings", "ScanOptions", "UtilityCurves",
-           "calibration_thresholds", "class_weights", "curves_from_histograms", "curves_table", "eps_opis",
-           "evaluate_embeddings", "opis", "spread", "threshold_report", "utility"]
+           "calibration_thresholds", "class_rate_summary", "class_weights", "curves_from_histograms", "curves_table",
+           "eps_opis", "evaluate_embeddings", "opis", "threshold_report", "utility"]

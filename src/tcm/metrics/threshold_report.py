@@ -8,8 +8,9 @@ At t*, for every class i
     FAR_i = negatives of i accepted / negatives of i      (every class: all have negatives)
     FRR_i = positives of i rejected / positives of i      (classes with a positive pair)
 
-and the spread over classes is summarised as min, median, max and ``worst_share``: the mean of
-the worst ceil(worst_share * C) classes (highest values), the same "worst 5%" as eps-OPIS.
+and each rate is summarised over the classes (:func:`class_rate_summary`) as min, median, max and
+``worst_share``: the mean of the worst ceil(worst_share * C) classes (highest values), the same
+"worst 5%" as eps-OPIS. (Not :class:`tcm.stats.Spread`, which summarises a metric over seeds.)
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import numpy as np
 from tcm.metrics.histograms import ClassHistograms
 
 
-def spread(values: np.ndarray, worst_share: float = 0.05) -> dict[str, float]:
-    """min, median, max and the mean of the worst (highest) ceil(worst_share * n) values.
+def class_rate_summary(values: np.ndarray, worst_share: float = 0.05) -> dict[str, float]:
+    """One rate over the classes: min, median, max and the mean of the worst (highest)
+    ceil(worst_share * n) values (metrics.json's ``class_far`` / ``class_frr``).
 
-    >>> spread(np.array([0.0, 0.1, 0.2, 0.9]), 0.25)  # worst 1 of 4
+    >>> class_rate_summary(np.array([0.0, 0.1, 0.2, 0.9]), 0.25)  # worst 1 of 4
     {'min': 0.0, 'median': 0.15000000000000002, 'max': 0.9, 'worst_share_mean': 0.9}
     """
     v = np.sort(np.asarray(values, dtype=np.float64))
@@ -34,7 +36,8 @@ def spread(values: np.ndarray, worst_share: float = 0.05) -> dict[str, float]:
 
 
 def threshold_report(hist: ClassHistograms, target_far: float = 1e-3, worst_share: float = 0.05) -> dict:
-    """The global threshold at ``target_far`` and the per-class FAR / FRR spread at it."""
+    """The global threshold at ``target_far`` and the per-class FAR and FRR at it, each summarised over the
+    classes (:func:`class_rate_summary`)."""
     local = hist.threshold_at_far(target_far)
     pos, neg = hist.at_least(np.array([local]))
     n_pos, n_neg = hist.positive_pairs, hist.negative_pairs
@@ -48,8 +51,8 @@ def threshold_report(hist: ClassHistograms, target_far: float = 1e-3, worst_shar
         "overall_far": float(neg[:, 0].sum() / n_neg.sum()),
         "overall_frr": float(1.0 - pos[:, 0].sum() / n_pos.sum()),
         "worst_share": worst_share,
-        "class_far": spread(far, worst_share),
-        "class_frr": spread(frr, worst_share),
+        "class_far": class_rate_summary(far, worst_share),
+        "class_frr": class_rate_summary(frr, worst_share),
         "num_classes_far": int(len(far)),
         "num_classes_frr": int(has_pos.sum()),
     }
