@@ -23,7 +23,7 @@ LAYERS = {
     "tcm.data": 2, "tcm.models": 2, "tcm.losses": 2, "tcm.metrics": 2, "tcm.device": 2, "tcm.checkpoint": 2,
     "tcm.tracking": 2, "tcm.notebook": 2, "tcm.provenance": 2, "tcm.figures": 2, "tcm.samplers": 2, "tcm.embed": 2,
     "tcm.mlflow_log": 2,
-    # stages and what drives them
+    # stages and what drives them (tcm.train is a package: tcm.train.stage, .seed, .step, ... are layer 3)
     "tcm.train": 3, "tcm.pretrain": 3, "tcm.evaluate": 3, "tcm.report": 3, "tcm.explore": 3, "tcm.profiles": 3,
     "tcm.cli": 4,
 }
@@ -92,6 +92,7 @@ def test_a_module_without_a_layer_is_caught() -> None:
     with pytest.raises(KeyError):
         _unit("tcm.brand_new_module")
     assert _unit("tcm.data.cub") == "tcm.data" and _unit("tcm") == "tcm"
+    assert _unit("tcm.train.seed") == "tcm.train" and _module_name(SRC / "tcm/train/__init__.py") == "tcm.train"
 
 
 def test_the_check_catches_an_upward_import(tmp_path) -> None:
