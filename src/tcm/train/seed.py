@@ -60,13 +60,13 @@ class Attempt:
 
     name: str
     run_cfg: RunConfig
-    settings: dict
+    settings: dict  # the run's resolved settings (config.resolved_run), saved with each checkpoint
     run_dir: RunDir
-    run_hash: str
-    code: str
-    env: dict
-    data: TrainSplit
-    d: Dist
+    run_hash: str  # what a checkpoint must match to be resumed (see stage._run)
+    code: str  # the training code's fingerprint (tcm.fingerprint)
+    env: dict  # tcm.device.environment, for MLflow
+    split: TrainSplit
+    d: Dist  # this process's place in a torchrun job
     device: torch.device
     tracker: Tracker
     progress: bool
@@ -117,7 +117,8 @@ class SeedTrainer:
         self.run_id = run_id = seed_run(a.tracker, a.name, a.settings, seed,
                                         seed_tags(seed, self.seed_hash, a.code, a.env), "train", a.run_hash, run_id)
         if new_run:
-            log_dataset(a.tracker, run_id, read_manifest(a.data.data_dir), a.data.data_dir, a.run_cfg.dataset, "train")
+            data_dir = a.split.data_dir
+            log_dataset(a.tracker, run_id, read_manifest(data_dir), data_dir, a.run_cfg.dataset, "train")
         try:
             self.model = self.parts.model
             if d.enabled:
@@ -142,7 +143,8 @@ class SeedTrainer:
         return self.seed_hash, self.history, self.margins
 
     def _build(self) -> Parts:
-        return build_parts(self.a.run_cfg, self.seed, len(self.a.data.classes), self.a.device, len(self.a.data.loader))
+        a = self.a
+        return build_parts(a.run_cfg, self.seed, len(a.split.classes), a.device, len(a.split.loader))
 
     def _restore(self) -> dict | None:
         """The checkpoint of an interrupted attempt, loaded into :attr:`parts`; None (a fresh start, with
@@ -181,11 +183,11 @@ class SeedTrainer:
         if state is not None and state.get("tcm_margins"):
             margins = state["tcm_margins"]
         else:
-            ds = a.data.pipeline.dataset
-            test_view = input_pipeline(read_manifest(a.data.data_dir), "train", a.data.dataset_cfg, "workers",
+            ds = a.split.pipeline.dataset
+            test_view = input_pipeline(read_manifest(a.split.data_dir), "train", a.split.dataset_cfg, "workers",
                                        a.device, train=False)
             parts.model.eval()
-            emb = embed(parts.model, test_view, a.data.eval_batch_size, a.device, progress=False)
+            emb = embed(parts.model, test_view, a.split.eval_batch_size, a.device, progress=False)
             parts.model.train()
             m_pos, m_neg = quantile_margins(emb, ds.labels, tcm.pos_quantile, tcm.neg_quantile,
                                             where=f"runs.{a.name}.tcm")
@@ -203,7 +205,7 @@ class SeedTrainer:
                 "model": parts.model.state_dict(), "loss": parts.criterion.base.state_dict(),
                 "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(),
                 "epoch": epoch, "epochs": t.epochs, "history": self.history, "config_hash": self.seed_hash,
-                "code": a.code, "seed": self.seed, "settings": a.settings, "classes": a.data.classes.tolist(),
+                "code": a.code, "seed": self.seed, "settings": a.settings, "classes": a.split.classes.tolist(),
                 "world_size": a.d.world_size, "tcm_margins": self.margins})
         except WriteError as e:
             if a.status.epoch >= 1:
@@ -239,7 +241,7 @@ class SeedTrainer:
     def _epoch(self, epoch: int, frozen: list[nn.Parameter] | tuple) -> dict:
         """One epoch's steps; returns its history row."""
         a, t, parts, d, device, seed = self.a, self.t, self.parts, self.a.d, self.a.device, self.seed
-        loader = a.data.loader
+        loader = a.split.loader
         autocast = device.type == "cuda" and t.amp
         channels_last = device.type == "cuda" and t.channels_last
         # Seeding per epoch makes a resumed run draw exactly the batches an uninterrupted one would.
@@ -251,7 +253,7 @@ class SeedTrainer:
         meter, seen, t0, step = LossMeter(device), 0, time.perf_counter(), 0
         bar = Progress(loader, f"{self.label} epoch {epoch}/{t.epochs}", enabled=a.progress and d.main)
         for step, (x, y) in enumerate(bar, start=1):
-            x = a.data.pipeline.to_model(x, device, channels_last)
+            x = a.split.pipeline.to_model(x, device, channels_last)
             y = y.to(device, non_blocking=True)
             losses = train_step(self.model, parts.criterion, parts.optimizer, x, y, autocast=autocast,
                                 chunk_size=t.chunk_size, clip_grad_value=t.clip_grad_value, frozen=frozen,

@@ -121,10 +121,11 @@ def _run(cfg: Config, name: str, tracker: Tracker | None, progress: bool, status
         env = environment(device)
         info = {"run": name, "settings": settings, "run_hash": run_hash, "code_fingerprint": code, "environment": env,
                 "num_train_classes": int(len(classes)), "world_size": d.world_size, "seeds": {}}
-        data = TrainSplit(loader, pipeline, classes, cfg.data_dir(run_cfg.dataset), cfg.dataset(run_cfg.dataset),
-                          cfg.evaluation.batch_size)
-        attempt = Attempt(name, run_cfg, settings, run_dir, run_hash, code, env, data, d, device, tracker, progress,
-                          resuming, status, moved)
+        split = TrainSplit(loader=loader, pipeline=pipeline, classes=classes, data_dir=cfg.data_dir(run_cfg.dataset),
+                           dataset_cfg=cfg.dataset(run_cfg.dataset), eval_batch_size=cfg.evaluation.batch_size)
+        attempt = Attempt(name=name, run_cfg=run_cfg, settings=settings, run_dir=run_dir, run_hash=run_hash, code=code,
+                          env=env, split=split, d=d, device=device, tracker=tracker, progress=progress,
+                          resuming=resuming, status=status, aside=moved)
         histories: dict[int, list[dict]] = {}
         for seed in t.seeds:
             seed_hash, histories[seed], margins = SeedTrainer(attempt, seed, histories).train()
