@@ -21,12 +21,13 @@ import pytest
 import torch
 import yaml
 
-from tcm import report, train
+from tcm import report
 from tcm.cli import main
 from tcm.config import Config, load_config, parse_config, resolved_run
 from tcm.data import prepare
 from tcm.locks import exclusive
 from tcm.provenance import evaluation_record
+from tcm.train import seed as train_seed
 
 REPO = Path(__file__).resolve().parents[1]
 E2E_RUNS = ("digits-ms", "digits-ms-tcm")
@@ -178,14 +179,14 @@ class Interrupted(Exception):
 
 def interrupt_after(monkeypatch, seed: int, epoch: int) -> None:
     """Make training stop (as a kill would) right after the checkpoint of ``seed`` at ``epoch``."""
-    real = train.save_checkpoint
+    real = train_seed.save_checkpoint
 
     def save(path, state):
         real(path, state)
         if state["seed"] == seed and state["epoch"] == epoch:
             raise Interrupted
 
-    monkeypatch.setattr(train, "save_checkpoint", save)
+    monkeypatch.setattr(train_seed, "save_checkpoint", save)
 
 
 def checkpoint_of(tmp: Path, seed: int = 0) -> dict:

@@ -186,9 +186,10 @@ def test_huge_lr_stops_with_run_epoch_and_steps(tmp_path, capsys, digits_dir) ->
 
 
 def test_nan_loss_is_one_line_on_the_command_line(tmp_path, capsys, digits_dir, monkeypatch) -> None:
-    from tcm import train
+    from tcm.train import build as train_build
+    from tcm.train import preflight as train_preflight
 
-    real = train.build_criterion
+    real = train_build.build_criterion
 
     def poisoned(*a, **k):
         crit = real(*a, **k)
@@ -201,7 +202,8 @@ def test_nan_loss_is_one_line_on_the_command_line(tmp_path, capsys, digits_dir, 
         crit.base = Poison()
         return crit
 
-    monkeypatch.setattr(train, "build_criterion", poisoned)
+    for module in (train_build, train_preflight):  # the seed's criterion, and the one the checks run
+        monkeypatch.setattr(module, "build_criterion", poisoned)
     path = write_params(tmp_path / "params.yaml", params_for(tmp_path, digits_dir, epochs=1))
     fails_in_one_line(capsys, ["train", "r", "--params", str(path)], "run r seed 0: loss is nan at epoch 1, step 1",
                        "last good checkpoint")

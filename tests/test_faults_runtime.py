@@ -153,11 +153,11 @@ def test_huge_samples_per_epoch_is_refused_before_anything_is_moved(tmp_path, ca
 
 def test_too_little_disk_for_a_checkpoint_is_refused_before_anything_is_moved(tmp_path, capsys, monkeypatch,
                                                                                digits_dir) -> None:
-    from tcm import train
+    from tcm.train import preflight
 
     path, run_root = _trained(tmp_path, digits_dir, mlflow=False)
     before = _results(run_root)
-    monkeypatch.setattr(train, "free_bytes", lambda p: 1000)
+    monkeypatch.setattr(preflight, "free_bytes", lambda p: 1000)
     fails_in_one_line(capsys, ["train", "r", "--params", str(path)], "no space left on device",
                        str(run_root / "train"), "MiB free", "nothing was changed")
     assert _results(run_root) == before
@@ -278,18 +278,18 @@ def test_killed_while_aside_puts_the_earlier_run_back(tmp_path, capsys, digits_d
 @pytest.mark.slow
 def test_ctrl_c_names_what_was_kept_and_ends_the_mlflow_run_killed(tmp_path, capsys, monkeypatch,
                                                                    digits_dir) -> None:
-    from tcm import train
+    from tcm.train import seed as train_seed
 
     path = write_params(tmp_path / "params.yaml", params_for(tmp_path, digits_dir, epochs=3, mlflow=True,
                                                              seeds=[0, 1]))
-    real = train.save_checkpoint
+    real = train_seed.save_checkpoint
 
     def save(p, state):
         real(p, state)
         if state["seed"] == 1 and state["epoch"] == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "save_checkpoint", save)
+    monkeypatch.setattr(train_seed, "save_checkpoint", save)
     ckpt = load_config(path).run_dir("r").checkpoint(1)
     fails_in_one_line(capsys, ["train", "r", "--params", str(path)],
                        f"interrupted: run r seed 1 kept at epoch 2 of 3 in {ckpt}; seeds [0] finished; rerun to resume")

@@ -28,8 +28,8 @@ LAYERS = {
     "tcm.data": 2, "tcm.models": 2, "tcm.losses": 2, "tcm.metrics": 2, "tcm.device": 2, "tcm.checkpoint": 2,
     "tcm.tracking": 2, "tcm.notebook": 2, "tcm.provenance": 2, "tcm.figures": 2, "tcm.samplers": 2, "tcm.embed": 2,
     "tcm.mlflow_log": 2, "tcm.safe_load": 2,
-    # stages and what drives them
-    # (report/: definitions, runs, comparisons, claims, tables, figure_data, readme, notebooks, stage)
+    # stages and what drives them (packages: every submodule takes the package's layer; report/: definitions,
+    # runs, comparisons, claims, tables, figure_data, readme, notebooks, stage; train/: stage, seed, step, ...)
     "tcm.train": 3, "tcm.pretrain": 3, "tcm.evaluate": 3, "tcm.report": 3, "tcm.explore": 3, "tcm.profiles": 3,
     "tcm.cli": 4,
 }
@@ -98,6 +98,7 @@ def test_a_module_without_a_layer_is_caught() -> None:
     with pytest.raises(KeyError):
         _unit("tcm.brand_new_module")
     assert _unit("tcm.data.cub") == "tcm.data" and _unit("tcm") == "tcm"
+    assert _unit("tcm.train.seed") == "tcm.train" and _module_name(SRC / "tcm/train/__init__.py") == "tcm.train"
 
 
 def test_the_check_catches_an_upward_import(tmp_path) -> None:

@@ -17,6 +17,10 @@ from tcm import train
 from tcm.config import LossConfig, ModelConfig, TCMConfig, load_config
 from tcm.losses import build_criterion
 from tcm.models import build_model
+from tcm.train import build as train_build
+from tcm.train import preflight as train_preflight
+from tcm.train import seed as train_seed
+from tcm.train import stage as train_stage
 
 # ---------------------------------------------------------------- helpers shared by test_train_*.py
 
@@ -181,7 +185,7 @@ def test_loader_draws_m_per_class_batches_per_process(tmp_path, digits_dir) -> N
 def poison_loss_at_call(monkeypatch, call: int) -> None:
     """Make the base loss NaN at its ``call``-th evaluation in training (counted over the whole run, after
     the one evaluation of train's check before it starts)."""
-    real = train.build_criterion
+    real = train_build.build_criterion
     calls = {"n": 0}
 
     def poisoned(*a, **k):
@@ -197,7 +201,8 @@ def poison_loss_at_call(monkeypatch, call: int) -> None:
         crit.base = Poison()
         return crit
 
-    monkeypatch.setattr(train, "build_criterion", poisoned)
+    for module in (train_build, train_preflight):  # the seed's criterion, and the one the checks run
+        monkeypatch.setattr(module, "build_criterion", poisoned)
 
 
 @pytest.mark.slow
@@ -273,7 +278,7 @@ def test_interrupted_run_of_other_code_or_settings_starts_afresh(tmp_path, digit
         with pytest.raises(Interrupted):
             train.run(cfg, "r", progress=False)
     if change == "code":  # as if a loss, the model or the data code had been edited
-        monkeypatch.setattr(train, "code_fingerprint", lambda module: "edited")
+        monkeypatch.setattr(train_stage, "code_fingerprint", lambda module: "edited")
     else:
         cfg = config_for(tmp_path, digits_dir, epochs=2, lr=0.002)
     capsys.readouterr()
@@ -291,8 +296,9 @@ def test_checkpoint_of_another_model_structure_starts_afresh(tmp_path, digits_di
         interrupt_after(m, seed=0, epoch=1)
         with pytest.raises(Interrupted):
             train.run(cfg, "r", progress=False)
-    real = train.build_model
-    monkeypatch.setattr(train, "build_model", lambda m: real(m.model_copy(update={"embedding_dim": 32})))
+    real = train_build.build_model
+    for module in (train_build, train_stage):  # the seed's model, and the one the checks run
+        monkeypatch.setattr(module, "build_model", lambda m: real(m.model_copy(update={"embedding_dim": 32})))
     result = train.run(cfg, "r", progress=False)
     assert "was written for another model" in capsys.readouterr().err
     assert list(result.history.epoch) == [1, 2]
@@ -356,7 +362,7 @@ def test_the_loop_reads_the_loss_on_the_host_every_sync_every_steps(tmp_path, di
     """No per-step host sync in our loop: 12 steps per epoch with SYNC_EVERY = 5 read at steps 5, 10
     and 12 (the epoch's end), and a NaN at step 7 is still reported as step 7."""
     cfg = config_for(tmp_path, digits_dir, epochs=1, batch_size=10, m_per_class=2, samples_per_epoch=120)
-    monkeypatch.setattr(train, "SYNC_EVERY", 5)
+    monkeypatch.setattr(train_seed, "SYNC_EVERY", 5)
     reads = []
     real_read = train.LossMeter.read
     monkeypatch.setattr(train.LossMeter, "read", lambda self, w=1: reads.append(1) or real_read(self, w))
