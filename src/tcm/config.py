@@ -470,6 +470,30 @@ class PathsConfig(_Strict):
     reports: Path = Path("reports")
 
 
+# ---------------------------------------------------------------- cluster (SLURM) begin
+# `tcm parallel --slurm`: what each train stage's SLURM job asks for (docs/gpus.md). No train or
+# evaluation stage reads it: editing it re-runs nothing. Command-line flags override each key.
+SLURM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.,:+-]{0,127}")
+
+
+class ClusterConfig(_Strict):
+    partition: str | None = None  # sbatch --partition; null = the cluster's default partition
+    account: str | None = None  # sbatch --account; null = the user's default account
+    nodes: _count(1024) = 1  # > 1: one run across nodes (DDP through torchrun in the job)
+    gpus_per_job: _count(64, lower=0) = 0  # GPUs per node; > 1: DDP through torchrun in the job
+    cpus_per_job: _count(1024) = 4  # CPUs per node (data-loading workers + the trainer)
+    mem_gb: _count(16_384) | None = None  # memory per node; null = the partition's default
+    time_min: _count(60 * 24 * 30) = 24 * 60  # time limit; near it the job is requeued and resumes
+
+    @field_validator("partition", "account")
+    @classmethod
+    def _slurm_name(cls, v: str | None) -> str | None:
+        if v is not None and not SLURM_NAME.fullmatch(v):
+            raise ValueError(f"{v!r} is not a SLURM name (letters, digits and _.,:+- only)")
+        return v
+# ---------------------------------------------------------------- cluster (SLURM) end
+
+
 class Config(_Strict):
     paths: PathsConfig = PathsConfig()
     mlflow: MlflowConfig = MlflowConfig()
@@ -477,6 +501,7 @@ class Config(_Strict):
     run_defaults: dict[str, Any] = Field(default_factory=dict)
     runs: dict[str, RunConfig]
     evaluation: EvaluationConfig = EvaluationConfig()
+    cluster: ClusterConfig = ClusterConfig()  # SLURM jobs of `tcm parallel --slurm`
     # Where params.yaml lives; relative paths are resolved against it. Set by load_config.
     base_dir: Path = Path(".")
 
