@@ -106,8 +106,7 @@ def job_state(job_id: str) -> str:
     fields = dict(w.split("=", 1) for w in ask(["scontrol", "show", "job", "-o", job_id]).split() if "=" in w)
     if "JobState" in fields:
         return fields["JobState"]
-    found = [w.split("=", 1)[1] for w in ask(["sacct", "-c", "-n", "-P", "-j", job_id]).split() if
-             w.startswith("JobState=")]
+    found = ask(["sacct", "-c", "-n", "-P", "-o", "State", "-j", job_id]).split()
     return found[-1] if found else "UNKNOWN"
 
 
@@ -125,9 +124,9 @@ class SlurmPool(Pool):
         import submitit
 
         c = self.cluster
-        ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=100)  # requeues
         ex.update_parameters(name=name, nodes=c.nodes, tasks_per_node=1, cpus_per_task=c.cpus_per_job,
-                             timeout_min=c.time_min, slurm_max_num_timeout=100,
+                             timeout_min=c.time_min,
                              **({"gpus_per_node": c.gpus_per_job} if c.gpus_per_job else {}),
                              **({"mem_gb": c.mem_gb} if c.mem_gb else {}),
                              **({"slurm_partition": c.partition} if c.partition else {}),
