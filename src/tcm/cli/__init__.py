@@ -210,9 +210,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_notebook(args: argparse.Namespace) -> int:
+    import os
+    import tempfile
+
     from tcm.cli.run_notebook import run_notebook
 
-    return run_notebook(Path(args.source), Path(args.output), dict(args.parameters or []))
+    output = Path(args.output)
+    if int(os.environ.get("RANK") or 0) > 0:  # under torchrun (`tcm parallel --slurm`, several GPUs):
+        # every rank runs the notebook (its kernel joins the process group); rank 0 alone writes the stage's copy
+        output = Path(tempfile.mkdtemp(prefix=f"tcm-rank{os.environ['RANK']}-")) / output.name
+    return run_notebook(Path(args.source), output, dict(args.parameters or []))
 
 
 def build_parser() -> argparse.ArgumentParser:
