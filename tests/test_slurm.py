@@ -229,6 +229,13 @@ def test_default_profile_on_slurm_equals_a_sequential_repro(on_slurm, tmp_path) 
         assert env["slurm_job_id"] == job and env["slurm_node"], env
         run_command(["git", "check-ignore", "-q", f"runs/{run}/slurm/{job}_0_log.out"], project)
         run_command(["dvc", "check-ignore", "-q", f"runs/{run}/slurm/{job}_0_log.out"], project)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    seeds = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+             if "tcm.seed" in r.data.tags]
+    assert sorted((r.data.tags["tcm.run"], r.data.tags["env.slurm_job_id"]) for r in seeds) == sorted(ids.items())
+    assert all(r.info.status == "FINISHED" for r in seeds)
     sequential = copy_project(tmp_path / "sequential", _default_params())
     run_command(["dvc", "repro"], sequential)
     for run in DEFAULT_RUNS:

@@ -12,8 +12,9 @@
     tcm mlflow-import                (the MLflow store rebuilt from runs/ and reports/: a fresh clone, after dvc pull)
     tcm profile [NAME]               (write profiles/NAME.yaml as params.yaml; no NAME: list them)
     tcm notebook IN OUT [-p NAME VALUE ...]   (run a stage notebook as dvc.yaml does)
-    tcm parallel (--gpus ID [ID ...] | --jobs N) [--train-only]
-                                     (the pipeline with its train stages side by side: docs/gpus.md)
+    tcm parallel (--gpus ID [ID ...] | --jobs N | --slurm [--partition P --gpus-per-job G ...]) [--train-only]
+                                     (the pipeline with its train stages side by side, or one SLURM
+                                     job each: docs/gpus.md)
 
 Errors the user can fix (bad params, missing data) print one line and exit 2, no traceback.
 """
