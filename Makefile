@@ -4,13 +4,15 @@
 #                (JOBS=N instead of GPUS: N at a time, no GPU pinning; docs/gpus.md)
 #   make test    same environment, lint (ruff) and run the test suite with the doctests (what .ci/run calls)
 #   make test-fast   lint and the unit tier only (no `e2e` or `slow` marker): about 2 minutes
+#   make slurm-local   a one-node CPU-only SLURM on this machine (root; tests/slurm/start.sh), for
+#                `tcm parallel --slurm` and tests/test_slurm.py (docs/gpus.md)
 # and for the notebooks (README, Notebooks):
 #   make lab     same environment, JupyterLab on notebooks/ with the project's kernel "Python (tcm)"
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ACTIVATE := . $(VENV)/bin/activate
 
-.PHONY: repro repro-parallel test test-fast install lab
+.PHONY: repro repro-parallel test test-fast install lab slurm-local
 install: $(VENV)/.installed
 
 # The last step registers the notebooks' kernel "tcm" inside the venv (--sys-prefix): it starts this
@@ -44,6 +46,10 @@ test: $(VENV)/.installed
 
 test-fast: $(VENV)/.installed
 	$(ACTIVATE) && ruff check . && python -m pytest $(XDIST) -m "not e2e and not slow"
+
+# Installs slurm-wlm and munge when missing; returns at once when the cluster runs already.
+slurm-local:
+	tests/slurm/start.sh
 
 # JupyterLab refuses to run as root (containers, CI) unless told to.
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root,)

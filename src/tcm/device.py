@@ -47,4 +47,7 @@ def environment(device: torch.device) -> dict[str, str | int]:
         "cpu_count": os.cpu_count() or 0,
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
+        # a SLURM job (`tcm parallel --slurm`): its id and node, in run.json and as MLflow tags env.slurm_*
+        **({"slurm_job_id": os.environ["SLURM_JOB_ID"], "slurm_node": os.environ.get("SLURMD_NODENAME", "")}
+           if os.environ.get("SLURM_JOB_ID") else {}),
     }

@@ -12,8 +12,9 @@
     tcm mlflow-import                (the MLflow store rebuilt from runs/ and reports/: a fresh clone, after dvc pull)
     tcm profile [NAME]               (write profiles/NAME.yaml as params.yaml; no NAME: list them)
     tcm notebook IN OUT [-p NAME VALUE ...]   (run a stage notebook as dvc.yaml does)
-    tcm parallel (--gpus ID [ID ...] | --jobs N) [--train-only]
-                                     (the pipeline with its train stages side by side: docs/gpus.md)
+    tcm parallel (--gpus ID [ID ...] | --jobs N | --slurm [--partition P --gpus-per-job G ...]) [--train-only]
+                                     (the pipeline with its train stages side by side, or one SLURM
+                                     job each: docs/gpus.md)
 
 Errors the user can fix (bad params, missing data) print one line and exit 2, no traceback.
 """
@@ -210,9 +211,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_notebook(args: argparse.Namespace) -> int:
+    import os
+    import tempfile
+
     from tcm.cli.run_notebook import run_notebook
 
-    return run_notebook(Path(args.source), Path(args.output), dict(args.parameters or []))
+    output = Path(args.output)
+    if int(os.environ.get("RANK") or 0) > 0:  # under torchrun (`tcm parallel --slurm`, several GPUs):
+        # every rank runs the notebook (its kernel joins the process group); rank 0 alone writes the stage's copy
+        output = Path(tempfile.mkdtemp(prefix=f"tcm-rank{os.environ['RANK']}-")) / output.name
+    return run_notebook(Path(args.source), output, dict(args.parameters or []))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ Modules (none imports torch: validating params.yaml takes no seconds):
     registry    the backbones and base losses by name, each loss's parameter types; Registry
     datasets    datasets.<name>, and data_settings (what the data stage prepares from)
     runs        runs.<name>: model, loss, TCM, training
+    cluster     cluster: the SLURM jobs of `tcm parallel --slurm`
     evaluation  evaluation: embedding the test split, OPIS, the threshold report, the bootstrap
     schema      Config (the whole file, checks across sections) and what is derived per run
     loading     parse_config / load_config: merging, validation, one-line messages
@@ -26,6 +27,7 @@ from tcm.config.base import (
     PositiveInt,
     Seed,
 )
+from tcm.config.cluster import ClusterConfig
 from tcm.config.datasets import (
     DATASET_SOURCES,
     EMBEDDED_SOURCES,
@@ -54,7 +56,8 @@ from tcm.config.schema import (
 
 __all__ = [
     "BACKBONES", "DATASET_SOURCES", "EMBEDDED_SOURCES", "LOSS_PARAMS", "MAX_BATCH", "MAX_PIXELS", "MAX_WORKERS",
-    "NAME_PATTERN", "NAME_RULE", "TRAINING_ONLY_KEYS", "BootstrapConfig", "Config", "ConfigError", "DatasetConfig",
+    "NAME_PATTERN", "NAME_RULE", "TRAINING_ONLY_KEYS", "BootstrapConfig", "ClusterConfig", "Config", "ConfigError",
+    "DatasetConfig",
     "EvaluationConfig", "GlyphsConfig", "LossConfig", "MlflowConfig", "ModelConfig", "NonNegativeInt", "OpisConfig",
     "Origin", "PathsConfig", "PositiveInt", "PretrainConfig", "Registry", "RegistryError", "RunConfig", "Seed",
     "SyntheticConfig", "TCMConfig", "TrainConfig", "check_batches", "data_settings", "deep_merge",

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from tcm.config.base import ConfigError, StrictModel
+from tcm.config.cluster import ClusterConfig
 from tcm.config.datasets import DatasetConfig, known_train_classes
 from tcm.config.evaluation import EvaluationConfig
 from tcm.config.runs import RunConfig
@@ -64,6 +65,7 @@ class Config(StrictModel):
     run_defaults: dict[str, Any] = Field(default_factory=dict)
     runs: dict[str, RunConfig]
     evaluation: EvaluationConfig = EvaluationConfig()
+    cluster: ClusterConfig = ClusterConfig()  # SLURM jobs of `tcm parallel --slurm`
     # Where params.yaml lives; relative paths are resolved against it. Set by load_config.
     base_dir: Path = Path(".")
 

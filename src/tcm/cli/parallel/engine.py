@@ -1,4 +1,7 @@
-"""`tcm parallel`: the pipeline with its train stages run side by side, one per GPU (docs/gpus.md).
+"""`tcm parallel`'s engine: DVC one call at a time, what a stage depends on, what it may commit (docs/gpus.md).
+
+The workers that run the stages are in :mod:`tcm.cli.parallel.local` (processes of this machine) and
+:mod:`tcm.cli.parallel.slurm` (SLURM jobs); the command is :mod:`tcm.cli.parallel`.
 
 ``dvc repro`` runs one stage at a time, so eight GPUs would train the paper profile's 32 runs one after
 another. This command, run in the project:
@@ -62,15 +65,12 @@ Everything else goes through the ``dvc`` command line (``status``, ``repro``, ``
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from queue import Queue
 from typing import Any, Iterator
 
 from tcm.errors import TcmError
@@ -213,176 +213,6 @@ def changed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     return [key for key in sorted(before.keys() | after.keys()) if before.get(key, MISSING) != after.get(key, MISSING)]
 
 
-# ------------------------------------------------------------------ the pool
-
-
-class Pool:
-    """Runs train stages on the workers, commits each success, and keeps the score."""
-
-    def __init__(self, dvc: Dvc, slots: list[str | None], total: int) -> None:
-        self.dvc = dvc
-        self.free: Queue[str | None] = Queue()
-        for slot in slots:
-            self.free.put(slot)
-        self.workers = len(slots)
-        self.total = total
-        self.started = 0
-        self.failed: list[str] = []
-        self.refused: list[str] = []
-        self.committed: list[str] = []
-        self.stopping = threading.Event()
-        self.procs: set[subprocess.Popen] = set()
-        self._lock = threading.Lock()
-
-    def say(self, line: str, err: bool = False) -> None:
-        with self._lock:
-            print(line, file=sys.stderr if err else sys.stdout, flush=True)
-
-    def _prepare(self, name: str) -> Job:
-        """The stage as DVC would run it now: its dependencies recorded, its outputs removed."""
-        with self.dvc.repo() as repo:
-            stage = self.dvc.stage(repo, name)
-            commands = stage.cmd if isinstance(stage.cmd, list) else stage.cmd.splitlines()
-            run = name.partition("@")[2]
-            log = self.dvc.root / "runs" / run / "train.log"
-            job = Job(name, commands, Path(stage.wdir), log, snapshot(stage))
-            stage.remove_outs(ignore_remove=False, force=False)  # what `dvc repro` does first
-        return job
-
-    def _execute(self, job: Job, slot: str | None) -> int:
-        """The stage's commands, one after the other, as DVC runs them; the exit status."""
-        env = {**os.environ, "DVC_ROOT": str(self.dvc.root), "DVC_STAGE": job.name}
-        if slot is not None:
-            env["CUDA_VISIBLE_DEVICES"] = slot
-        shell = os.environ.get("SHELL") or "/bin/sh"
-        flags = {"bash": ["--noprofile", "--norc"], "zsh": ["--no-rcs"]}.get(Path(shell).name, [])
-        job.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(job.log, "w") as log:
-            for cmd in job.commands:
-                log.write(f"> {cmd}\n")
-                log.flush()
-                with self._lock:
-                    if self.stopping.is_set():
-                        return 130
-                    proc = subprocess.Popen([shell, *flags, "-c", cmd], cwd=job.wdir, env=env, stdout=log,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-                    self.procs.add(proc)
-                try:
-                    code = proc.wait()
-                finally:
-                    with self._lock:
-                        self.procs.discard(proc)
-                if code != 0:
-                    return code
-        return 0
-
-    def _commit(self, job: Job) -> str | None:
-        """``dvc commit -f`` the stage when its dependencies are those it started with; else the
-        reason it is not committed (dvc.lock then stays or is put back as it was)."""
-        lockfile = self.dvc.root / "dvc.lock"
-        with self.dvc.repo() as repo:
-            now = changed(job.before, snapshot(self.dvc.stage(repo, job.name)))
-        if now:
-            return f"its dependency {now[0]} changed while it ran" + (f" (and {len(now) - 1} more)" if now[1:] else "")
-        previous = lockfile.read_bytes() if lockfile.exists() else None
-
-        def put_back() -> None:  # this process is dvc.lock's only writer while it runs
-            if previous is None:
-                lockfile.unlink(missing_ok=True)
-            else:
-                lockfile.write_bytes(previous)
-
-        out = self.dvc.cli("commit", "-f", job.name)
-        if out.returncode != 0:
-            put_back()
-            last = (out.stderr.strip() or out.stdout.strip() or "no message").splitlines()[-1]
-            return f"`dvc commit -f {job.name}` failed ({last}); dvc.lock is as it was"
-        with self.dvc.repo() as repo:
-            recorded = changed(job.before, locked(self.dvc.stage(repo, job.name)))
-            if recorded:  # a dependency changed between the check above and `dvc commit`
-                put_back()
-                return f"its dependency {recorded[0]} changed before it was committed; dvc.lock is as it was"
-        return None
-
-    def run(self, name: str) -> None:
-        slot = self.free.get()
-        try:
-            if self.stopping.is_set():
-                return
-            job = self._prepare(name)
-            with self._lock:
-                self.started += 1
-                n = self.started
-            where = f"GPU {slot}" if slot is not None else "CPU" if self.workers == 1 else "a worker"
-            log = os.path.relpath(job.log, Path.cwd())
-            self.say(f"[{n}/{self.total}] started  {name} on {where}; log: {log}")
-            t0 = time.monotonic()
-            code = self._execute(job, slot)
-            took = _duration(time.monotonic() - t0)
-            if self.stopping.is_set():
-                return
-            if code != 0:
-                with self._lock:
-                    self.failed.append(name)
-                self.say(f"[{n}/{self.total}] FAILED   {name} (exit {code}) after {took}; log: {log}"
-                         f"{_last_line(job.log)}", err=True)
-                return
-            reason = self._commit(job)
-            if reason:
-                with self._lock:
-                    self.refused.append(name)
-                self.say(f"tcm: error: {name} is not committed: {reason}; it stays out of date", err=True)
-                return
-            with self._lock:
-                self.committed.append(name)
-            self.say(f"[{n}/{self.total}] finished {name} in {took}; committed to dvc.lock")
-        except Exception as e:  # one stage's trouble must not stop the others
-            with self._lock:
-                self.failed.append(name)
-            self.say(f"tcm: error: {name}: {type(e).__name__}: {e}", err=True)
-        finally:
-            self.free.put(slot)
-
-    def stop(self) -> None:
-        """Ctrl-C: no new stage starts, nothing more is committed, running stages are ended."""
-        with self._lock:
-            self.stopping.set()
-            procs = list(self.procs)
-        for proc in procs:
-            with contextlib.suppress(OSError):
-                proc.terminate()
-
-
-def _duration(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
-
-
-def _last_line(log: Path) -> str:
-    try:
-        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return ""
-    return f"\n    {lines[-1][:300]}" if lines else ""
-
-
-# ------------------------------------------------------------------ the command
-
-
-def _slots(gpus: list[str] | None, jobs: int | None) -> list[str | None]:
-    if gpus is not None and jobs is not None:
-        raise ParallelError("parallel: give either --gpus (one worker per GPU) or --jobs N (no GPU pinning)")
-    if gpus is None:
-        return [None] * (jobs or 1)
-    ids = [g for item in gpus for g in item.replace(",", " ").split()]
-    if not ids:
-        raise ParallelError("parallel: --gpus needs at least one GPU id, e.g. --gpus 0 1 2 3")
-    if len(set(ids)) != len(ids):
-        raise ParallelError(f"parallel: --gpus lists a GPU twice: {' '.join(ids)} (one worker per GPU)")
-    return list(ids)
-
-
 def check_dvc_internals() -> None:
     """Raise :class:`ParallelError` naming each of :data:`DVC_INTERNALS` that the installed DVC lacks."""
     import importlib
@@ -441,82 +271,17 @@ def plan(dvc: Dvc) -> tuple[list[str], list[str]]:
         return [s.name for s in train], [s.name for s in order if s in upstream]
 
 
-def run(args: Any) -> int:
-    from tcm.config import check_batches, load_config
-    from tcm.locks import exclusive
-
-    slots = _slots(args.gpus, args.jobs)
-    check_dvc_internals()
-    root = _project_root()
-    params = args.params or str(root / "params.yaml")  # DVC's params file, wherever this runs from
-    check_batches(load_config(params), params)
-    print(f"{os.path.relpath(params)}: ok", flush=True)
-
-    with exclusive(root / ".dvc" / "tmp" / "tcm-parallel.lock", f"project {root} (another `tcm parallel`)"):
-        return _run(Dvc(root), slots, args)
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-def _run(dvc: Dvc, slots: list[str | None], args: Any) -> int:
-    train, upstream = plan(dvc)
-    if not train:
-        raise ParallelError(f"parallel: dvc.yaml has no {TRAIN} stages ({TRAIN}@<run>)")
-    if upstream:
-        print(f"tcm parallel: dvc repro {' '.join(upstream)}", flush=True)
-        if dvc.cli("repro", *upstream, capture=False).returncode != 0:
-            print("tcm: error: the stages the train stages depend on failed (above); nothing was trained",
-                  file=sys.stderr)
-            return 1
-    status = _status(dvc)
-    todo = [name for name in train if name in status]
-    workers = " ".join(f"GPU {s}" for s in slots) if slots[0] is not None else f"{len(slots)} CPU worker(s)"
-    print(f"tcm parallel: {len(todo)} of {len(train)} {TRAIN} stages to run on {workers}"
-          f"{'; the others are up to date' if len(todo) < len(train) else ''}", flush=True)
-    pool = Pool(dvc, slots, len(todo))
-    if todo:
-        executor = ThreadPoolExecutor(max_workers=len(slots), thread_name_prefix="tcm-parallel")
-        futures = [executor.submit(pool.run, name) for name in todo]
-        try:
-            for f in futures:
-                f.result()
-        except KeyboardInterrupt:
-            pool.stop()
-            executor.shutdown(wait=True, cancel_futures=True)
-            print("tcm: interrupted; stages not yet committed stay out of date (completed epochs are kept in "
-                  "their checkpoints)", file=sys.stderr)
-            return 130
-        executor.shutdown(wait=True)
-    bad = pool.failed + pool.refused
-    if bad:
-        print(f"tcm: error: {len(bad)} of {len(todo)} {TRAIN} stages not committed ({', '.join(bad)}); "
-              f"{len(pool.committed)} committed. Fix them and run `tcm parallel` again (it runs only what is out "
-              "of date); the rest of the pipeline was not run", file=sys.stderr)
-        return 1
-    stale = [name for name in train if name in _status(dvc)]
-    if stale:
-        print(f"tcm: error: {', '.join(stale)} out of date again (a dependency changed after it was committed); "
-              "run `tcm parallel` again", file=sys.stderr)
-        return 1
-    if args.train_only:
-        print(f"tcm parallel: every {TRAIN} stage is up to date; `dvc repro` runs the rest", flush=True)
-        return 0
-    print("tcm parallel: dvc repro (the rest of the pipeline)", flush=True)
-    return 0 if dvc.cli("repro", capture=False).returncode == 0 else 1
+def _last_line(log: Path) -> str:
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return f"\n    {lines[-1][:300]}" if lines else ""
 
 
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser("parallel", help="the pipeline with its train stages side by side, one per GPU "
-                       "(--gpus 0 1 2 3) or --jobs N on CPU; then `dvc repro` for the rest (docs/gpus.md)")
-    p.add_argument("--gpus", nargs="+", metavar="ID", help="GPU ids (CUDA_VISIBLE_DEVICES values): one worker each")
-    p.add_argument("--jobs", type=_positive, help="number of workers, without GPU pinning (default 1)")
-    p.add_argument("--train-only", action="store_true", help="stop once every train stage is up to date")
-    p.add_argument("--params", help="params file to check first (default: the project's params.yaml)")
-    p.set_defaults(func=run)
-
-
-def _positive(text: str) -> int:
-    import argparse
-
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
