@@ -37,10 +37,10 @@ repro-parallel: $(VENV)/.installed
 	$(ACTIVATE) && tcm parallel $(if $(strip $(GPUS)),--gpus $(GPUS),--jobs $(JOBS))
 
 # --durations: the CI log names the slowest tests (candidates for the `slow` marker or a shared fixture).
-# -n: test processes side by side (pytest-xdist; WORKERS=0 runs in this process); loadgroup keeps the
-# tests that share a pipeline, and each module's tests, on one worker (tests/conftest.py).
+# -n: test processes side by side (pytest-xdist; WORKERS=0 runs in this process); tests/conftest.py keeps
+# the tests that share a pipeline, and each module's tests, on one worker.
 WORKERS ?= 2
-XDIST = -n $(WORKERS) --dist loadgroup
+XDIST = -n $(WORKERS)
 test: $(VENV)/.installed
 	$(ACTIVATE) && ruff check . && python -m pytest $(XDIST) --durations=25
 

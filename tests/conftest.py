@@ -132,14 +132,31 @@ def project(tmp_path_factory) -> Path:
     return dest
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Units of work for `pytest -n N --dist loadgroup` (make test): every test using the reproduced
-    `project` goes to one worker, in collection order (they share one `dvc repro`, and a few change the
-    project for the ones after them); every other test stays with its module, whose module-scoped
-    fixtures (a small pipeline, a trained model) are then made once."""
-    for item in items:
-        group = "project" if "project" in getattr(item, "fixturenames", ()) else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+# The modules with tests that use the reproduced `project` (checked as each test is collected).
+PROJECT_MODULES = frozenset(f"tests/test_{m}.py" for m in (
+    "dvc_deps", "mlflow_ui", "parallel", "pipeline_e2e", "project_root", "tool_conventions"))
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    module = item.nodeid.split("::")[0]
+    if "project" in getattr(item, "fixturenames", ()) and module not in PROJECT_MODULES:
+        raise pytest.UsageError(f"{item.nodeid} uses the `project` fixture: add its module to "
+                                "PROJECT_MODULES in tests/conftest.py")
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Units of work for `pytest -n N` (make test): the PROJECT_MODULES go to one worker, in file order
+    (they share one `dvc repro` of the project, and a few change it for the tests after them); every
+    other module stays whole, so its module-scoped fixtures (a small pipeline, a trained model) are made
+    once. (xdist's own `loadgroup` marks do not reach its scheduler under pytest 9.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ProjectScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0]
+            return "project" if module in PROJECT_MODULES else module
+
+    return ProjectScheduling(config, log)
 
 
 # ---------------------------------------------------------------- training on digits (test_train*.py, faults)
