@@ -123,6 +123,21 @@ def copy_finished(project: Path, dest: Path) -> Path:
     return dest
 
 
+def fake_stage_project(dest: Path, params: dict, dvc_yaml: str, stage: str, files: dict[str, str]) -> Path:
+    """A DVC project of stand-in stages (``stage.py`` run per run by ``dvc_yaml``) and ``files``, committed
+    to a new git repository: the stage engine of `tcm parallel` (local or SLURM) without training."""
+    dest.mkdir()
+    write_params(dest / "params.yaml", params)
+    (dest / "dvc.yaml").write_text(dvc_yaml)
+    (dest / "stage.py").write_text(stage)
+    for rel, text in files.items():
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).write_text(text)
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "fake"]):
+        run_command(cmd, dest)
+    return dest
+
+
 @pytest.fixture(scope="session")
 def project(tmp_path_factory) -> Path:
     """The test pipeline (E2E_RUNS, E2E_SEEDS) reproduced once in a fresh copy of the working tree."""
@@ -144,6 +159,7 @@ def pytest_itemcollected(item: pytest.Item) -> None:
                                 "PROJECT_MODULES in tests/conftest.py")
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown where it is not loaded
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     """Units of work for `pytest -n N` (make test): the PROJECT_MODULES go to one worker, in file order
     (they share one `dvc repro` of the project, and a few change it for the tests after them); every

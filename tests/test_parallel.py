@@ -17,7 +17,7 @@ import pytest
 import yaml
 from conftest import E2E_RUNS as RUNS
 from conftest import E2E_SEEDS as SEEDS
-from conftest import copy_project, run_command, tiny_params, write_params
+from conftest import copy_project, fake_stage_project, run_command, tiny_params, write_params
 
 from tcm.cli import main
 from tcm.cli.parallel import check_dvc_internals
@@ -176,20 +176,9 @@ FAKE_RUNS = ("digits-ms", "digits-ms-tcm", "digits-pa", "digits-pa-tcm")
 
 
 def _fake_project(dest: Path) -> Path:
-    dest.mkdir()
-    write_params(dest / "params.yaml", tiny_params(FAKE_RUNS))
-    (dest / "dvc.yaml").write_text(FAKE_DVC_YAML)
-    (dest / "stage.py").write_text(FAKE_STAGE)
-    (dest / "deps").mkdir()
-    for run in FAKE_RUNS:
-        (dest / f"deps/{run}.txt").write_text(f"{run}\n")
-    (dest / ".gitignore").write_text("/runs/*/train.log\n")
-    (dest / ".dvcignore").write_text("/runs/*/train.log\n")
-    run_command(["git", "init", "-q"], dest)
-    run_command(["dvc", "init", "-q"], dest)
-    run_command(["git", "add", "-A"], dest)
-    run_command(["git", "commit", "-qm", "fake"], dest)
-    return dest
+    files = {f"deps/{run}.txt": f"{run}\n" for run in FAKE_RUNS}
+    files.update(dict.fromkeys((".gitignore", ".dvcignore"), "/runs/*/train.log\n"))
+    return fake_stage_project(dest, tiny_params(FAKE_RUNS), FAKE_DVC_YAML, FAKE_STAGE, files)
 
 
 @pytest.mark.slow

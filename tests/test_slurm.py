@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, copy_project, run_command, tiny_glyphs_params, write_params
+from conftest import REPO, copy_project, fake_stage_project, run_command, tiny_glyphs_params, write_params
 
 from tcm.cli import main
 from tcm.cli.parallel.slurm import ddp_prefix, job_command, job_state
@@ -133,17 +133,8 @@ FAKE_RUNS = ("glyphs-ms", "glyphs-ms-tcm")
 
 
 def _fake_project(dest: Path) -> Path:
-    dest.mkdir()
-    write_params(dest / "params.yaml", _cluster(tiny_glyphs_params(FAKE_RUNS)))
-    (dest / "dvc.yaml").write_text(FAKE_DVC_YAML)
-    (dest / "stage.py").write_text(FAKE_STAGE)
-    for name in (".gitignore", ".dvcignore"):
-        (dest / name).write_text("/runs/*/slurm/\n")
-    run_command(["git", "init", "-q"], dest)
-    run_command(["dvc", "init", "-q"], dest)
-    run_command(["git", "add", "-A"], dest)
-    run_command(["git", "commit", "-qm", "fake"], dest)
-    return dest
+    return fake_stage_project(dest, _cluster(tiny_glyphs_params(FAKE_RUNS)), FAKE_DVC_YAML, FAKE_STAGE,
+                              dict.fromkeys((".gitignore", ".dvcignore"), "/runs/*/slurm/\n"))
 
 
 @pytest.mark.slow
