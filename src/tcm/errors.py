@@ -12,7 +12,7 @@ class TcmError(Exception):
 OPTIONAL_PACKAGES: dict[str, str] = {
     "dvc": "pipeline", "papermill": "pipeline", "ipykernel": "pipeline", "nbformat": "pipeline",
     "mlflow": "pipeline", "nbconvert": "pipeline", "jupyterlab": "pipeline", "ipywidgets": "pipeline",
-    "seaborn": "pipeline",
+    "seaborn": "pipeline", "submitit": "pipeline",
 }
 
 
