@@ -123,12 +123,29 @@ def copy_finished(project: Path, dest: Path) -> Path:
     return dest
 
 
-def fake_stage_project(dest: Path, params: dict, dvc_yaml: str, stage: str, files: dict[str, str]) -> Path:
-    """A DVC project of stand-in stages (``stage.py`` run per run by ``dvc_yaml``) and ``files``, committed
-    to a new git repository: the stage engine of `tcm parallel` (local or SLURM) without training."""
+FAKE_DVC_YAML = """\
+stages:
+  train:
+    foreach: ${{runs}}
+    do:
+      cmd: python stage.py ${{key}}
+      deps:
+        - stage.py{extra_deps}
+      params:
+        - runs.${{key}}
+      outs:
+        - out/${{key}}.txt
+"""
+
+
+def fake_stage_project(dest: Path, params: dict, stage: str, files: dict[str, str],
+                       extra_deps: tuple[str, ...] = ()) -> Path:
+    """A DVC project of stand-in train stages (``stage.py <run>`` per run, depending on it and
+    ``extra_deps``) and ``files``, committed to a new git repository: the stage engine of `tcm parallel`
+    (local or SLURM) without training."""
     dest.mkdir()
     write_params(dest / "params.yaml", params)
-    (dest / "dvc.yaml").write_text(dvc_yaml)
+    (dest / "dvc.yaml").write_text(FAKE_DVC_YAML.format(extra_deps="".join(f"\n        - {d}" for d in extra_deps)))
     (dest / "stage.py").write_text(stage)
     for rel, text in files.items():
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -135,21 +135,6 @@ def test_parallel_results_equal_those_of_a_sequential_repro(parallel, sequential
 
 # ---------------------------------------------------------------- fake stages: refusal and failure
 
-FAKE_DVC_YAML = """\
-stages:
-  train:
-    foreach: ${runs}
-    do:
-      cmd: python stage.py ${key}
-      deps:
-        - stage.py
-        - deps/${key}.txt
-      params:
-        - runs.${key}
-      outs:
-        - out/${key}.txt
-"""
-
 # Per run: digits-ms edits its own params while it runs, digits-ms-tcm its dependency file,
 # digits-pa fails, digits-pa-tcm behaves.
 FAKE_STAGE = """\
@@ -178,7 +163,7 @@ FAKE_RUNS = ("digits-ms", "digits-ms-tcm", "digits-pa", "digits-pa-tcm")
 def _fake_project(dest: Path) -> Path:
     files = {f"deps/{run}.txt": f"{run}\n" for run in FAKE_RUNS}
     files.update(dict.fromkeys((".gitignore", ".dvcignore"), "/runs/*/train.log\n"))
-    return fake_stage_project(dest, tiny_params(FAKE_RUNS), FAKE_DVC_YAML, FAKE_STAGE, files)
+    return fake_stage_project(dest, tiny_params(FAKE_RUNS), FAKE_STAGE, files, extra_deps=("deps/${key}.txt",))
 
 
 @pytest.mark.slow

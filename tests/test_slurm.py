@@ -101,19 +101,6 @@ def test_a_bad_cluster_section_names_its_key(tmp_path, capsys) -> None:
 
 # ---------------------------------------------------------------- fake stages on a real SLURM
 
-FAKE_DVC_YAML = """\
-stages:
-  train:
-    foreach: ${runs}
-    do:
-      cmd: python stage.py ${key}
-      deps:
-        - stage.py
-      params:
-        - runs.${key}
-      outs:
-        - out/${key}.txt
-"""
 # glyphs-ms fails; glyphs-ms-tcm sleeps (long enough to be interrupted); the others write their output.
 FAKE_STAGE = """\
 import os, sys, time
@@ -133,7 +120,7 @@ FAKE_RUNS = ("glyphs-ms", "glyphs-ms-tcm")
 
 
 def _fake_project(dest: Path) -> Path:
-    return fake_stage_project(dest, _cluster(tiny_glyphs_params(FAKE_RUNS)), FAKE_DVC_YAML, FAKE_STAGE,
+    return fake_stage_project(dest, _cluster(tiny_glyphs_params(FAKE_RUNS)), FAKE_STAGE,
                               dict.fromkeys((".gitignore", ".dvcignore"), "/runs/*/slurm/\n"))
 
 
