@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A one-node, CPU-only SLURM cluster on this machine, for tests/test_slurm.py and `make slurm-local`:
-# munged + slurmctld + slurmd (Debian 12's slurm-wlm 22.05), no cgroups, no slurmdbd (so no `sacct`:
-# job states come from `scontrol show job` while the controller keeps them, MinJobAge below, and from
-# the job-completion log, /var/log/slurm/jobcomp.log). Installs slurm-wlm and munge when missing (root).
+# munged + slurmctld + slurmd (Debian 12's slurm-wlm 22.05), no cgroups, no slurmdbd (so plain `sacct`
+# says accounting is disabled: job states come from `scontrol show job` while the controller keeps them,
+# MinJobAge below, and from the job-completion log /var/log/slurm/jobcomp.log, which `sacct -c` reads). Installs slurm-wlm and munge when missing (root).
 # Idempotent: when the cluster answers already, it returns at once. Exit status 0 = the cluster runs
 # (`sinfo` shows the node idle), else 1 with the reason on stderr (the tests then skip, naming it).
 set -euo pipefail
@@ -59,7 +59,7 @@ SlurmdLogFile=$LOGS/slurmd.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
-# no slurmdbd (it needs MariaDB): no sacct; finished jobs stay in scontrol for MinJobAge seconds
+# no slurmdbd (it needs MariaDB): `sacct -c` only; finished jobs stay in scontrol for MinJobAge seconds
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/filetxt
 JobCompLoc=$LOGS/jobcomp.log
