@@ -1,8 +1,8 @@
 """Reading torch files without running code: ``torch.load(weights_only=True)``, which refuses any
 pickled class or function (loading one could run code), with its refusal told apart from a file that
 is no torch data at all, so that each reader (a checkpoint, a backbone's weights) says in one line
-what the file holds and what to do instead of torch's own message (which suggests turning the
-protection off with ``weights_only=False``)."""
+what the file holds and what to do instead of torch's own message (which suggests switching that
+protection off, something tcm never does)."""
 
 from __future__ import annotations
 
