@@ -70,13 +70,11 @@ class StageJob:
 
     def __call__(self) -> int:
         env = {**os.environ, **self.env}
-        prefix = None
-        if self.nodes > 1 or self.gpus > 1:
+        prefix = ddp_prefix(self.nodes, self.gpus)
+        if prefix is not None:  # the rendezvous is on the job's first node
             import submitit
 
-            hosts = submitit.JobEnvironment().hostnames
-            env["MASTER_ADDR"] = hosts[0]
-            prefix = ddp_prefix(self.nodes, self.gpus)
+            env["MASTER_ADDR"] = submitit.JobEnvironment().hostnames[0]
         for cmd in self.commands:
             line = job_command(cmd, prefix)
             print(f"> {line}", flush=True)
