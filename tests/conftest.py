@@ -109,9 +109,16 @@ def copy_project(dest: Path, params: dict) -> Path:
     (dest / "reports/notebooks").mkdir(parents=True)
     (dest / "reports/notebooks/.gitkeep").touch()
     write_params(dest / "params.yaml", params)
+    return commit_new_repository(dest, "baseline")
+
+
+def commit_new_repository(dest: Path, message: str, dvc_init: bool = False) -> Path:
+    """Everything in ``dest`` committed to a new git repository (with ``dvc init`` first when asked)."""
     run_command(["git", "init", "-q"], dest)
+    if dvc_init:
+        run_command(["dvc", "init", "-q"], dest)
     run_command(["git", "add", "-A"], dest)
-    run_command(["git", "commit", "-qm", "baseline"], dest)
+    run_command(["git", "commit", "-qm", message], dest)
     return dest
 
 
@@ -150,9 +157,7 @@ def fake_stage_project(dest: Path, params: dict, stage: str, files: dict[str, st
     for rel, text in files.items():
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         (dest / rel).write_text(text)
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "fake"]):
-        run_command(cmd, dest)
-    return dest
+    return commit_new_repository(dest, "fake", dvc_init=True)
 
 
 @pytest.fixture(scope="session")
