@@ -72,13 +72,14 @@ def tiny_params_file(tmp_path: Path) -> Path:
     return write_params(tmp_path / "params.yaml", tiny_params())
 
 
-def run_command(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+def run_command(cmd: list[str], cwd: Path, check: bool = True,
+                extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            # A project copy runs its own src/ (the venv's editable install points at the repository),
            # so that an edit to the copy's code is the code its stages run.
            **({"PYTHONPATH": str(cwd / "src")} if (cwd / "src/tcm").is_dir() else {}),
            "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
+           "GIT_COMMITTER_EMAIL": "t@t", **(extra_env or {})}
     out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if check and out.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
@@ -160,11 +161,45 @@ def fake_stage_project(dest: Path, params: dict, stage: str, files: dict[str, st
     return commit_new_repository(dest, "fake", dvc_init=True)
 
 
+# An IPython startup file (in a profile folder of the tests' own: IPYTHONDIR) that makes each stage kernel
+# write the tcm files it has loaded after every cell, to RECORD_DIR/<the executed notebook's name>.json. The
+# kernel's parent is `tcm notebook IN OUT -p ...` (dvc.yaml's stage command), which names OUT.
+KERNEL_RECORDER = """
+import json, os, sys
+from pathlib import Path
+
+_args = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode().split("\\0")
+_out = next((a for a in _args[_args.index("notebook") + 2:][:1]), None) if "notebook" in _args else None
+
+
+def _record(*_):
+    files = sorted(m.__file__ for n, m in list(sys.modules.items())
+                   if (n == "tcm" or n.startswith("tcm.")) and getattr(m, "__file__", None))
+    Path(os.environ["RECORD_DIR"], Path(_out).stem + ".json").write_text(json.dumps(files))
+
+
+if _out:
+    get_ipython().events.register("post_run_cell", _record)
+"""
+
+
 @pytest.fixture(scope="session")
-def project(tmp_path_factory) -> Path:
-    """The test pipeline (E2E_RUNS, E2E_SEEDS) reproduced once in a fresh copy of the working tree."""
+def kernel_records(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """(folder of the records, environment for `dvc repro`) of :data:`KERNEL_RECORDER`."""
+    root = tmp_path_factory.mktemp("kernels")
+    startup = root / "ipython/profile_default/startup"
+    startup.mkdir(parents=True)
+    (startup / "00-record-tcm-modules.py").write_text(KERNEL_RECORDER)
+    (root / "records").mkdir()
+    return root / "records", {"IPYTHONDIR": str(root / "ipython"), "RECORD_DIR": str(root / "records")}
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory, kernel_records) -> Path:
+    """The test pipeline (E2E_RUNS, E2E_SEEDS) reproduced once in a fresh copy of the working tree. Its
+    stage kernels record the tcm files they load (:func:`kernel_records`, read by test_dvc_deps)."""
     dest = copy_project(tmp_path_factory.mktemp("project"), tiny_params(E2E_RUNS, mlflow=True, seeds=E2E_SEEDS))
-    first = run_command(["dvc", "repro"], dest)
+    first = run_command(["dvc", "repro"], dest, extra_env=kernel_records[1])
     (dest / "first_repro.log").write_text(first.stdout)
     return dest
 

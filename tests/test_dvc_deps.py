@@ -2,8 +2,8 @@
 
 A missing dependency lets `dvc repro` keep results of old code; an extra one re-runs stages
 (hours under the `paper` profile) for nothing. The files a stage runs are found two ways: by
-executing its notebook with papermill on the test pipeline and reading the kernel's
-``sys.modules`` at the end, and by following the notebook's imports through the source
+reading the ``sys.modules`` of each stage kernel of the test pipeline's `dvc repro` (recorded by
+conftest's KERNEL_RECORDER), and by following the notebook's imports through the source
 (:mod:`tcm.fingerprint`, which also catches code imported lazily on paths the test run skips).
 """
 
@@ -18,18 +18,13 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-from conftest import REPO, copy_finished, run_command
+from conftest import REPO, run_command
 
 from tcm.fingerprint import PACKAGE_DIR, imported_names, source_files
 
 SRC = PACKAGE_DIR.parent  # .../src
-NOTEBOOK_STAGES = {
-    "data": ("01_data.ipynb", {"dataset": "digits"}),
-    "pretrain": ("00_pretrain.ipynb", {"dataset": "digits"}),
-    "train": ("02_train.ipynb", {"run": "digits-ms"}),
-    "evaluate": ("03_evaluate.ipynb", {"run": "digits-ms"}),
-    "report": ("04_report.ipynb", {}),
-}
+NOTEBOOK_STAGES = {"data": "01_data.ipynb", "pretrain": "00_pretrain.ipynb", "train": "02_train.ipynb",
+                   "evaluate": "03_evaluate.ipynb", "report": "04_report.ipynb"}
 RECORD = """
 import json as _json, sys as _sys
 _json.dump(sorted(m.__file__ for n, m in list(_sys.modules.items())
@@ -69,26 +64,18 @@ def _notebook_imports(nb_path: Path) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def executed_modules(project: Path, tmp_path_factory) -> dict[str, set[str]]:
-    """Per stage: the tcm files loaded in the kernel after running its notebook (in a copy of the
-    test project, so that the other end-to-end tests see it unchanged)."""
-    work = copy_finished(project, tmp_path_factory.mktemp("deps") / "project")
-    found = {}
-    for stage, (notebook, params) in NOTEBOOK_STAGES.items():
-        nb = nbformat.read(work / "notebooks" / notebook, as_version=4)
-        record = work / f"modules-{stage}.json"
-        nb.cells.append(nbformat.v4.new_code_cell(RECORD.format(path=str(record))))
-        path = work / f"deps-{notebook}"
-        nbformat.write(nb, path)
-        cmd = ["papermill", str(path), str(work / f"out-{notebook}"), "-k", "python3", "--log-level", "WARNING"]
-        for k, v in params.items():
-            cmd += ["-p", k, v]
-        run_command(cmd, work)
-        found[stage] = _relative(json.loads(record.read_text()))
+def executed_modules(project: Path, kernel_records, tmp_path_factory) -> dict[str, set[str]]:
+    """Per stage: the tcm files its kernels had loaded when the test project's `dvc repro` ran them
+    (recorded after every cell by conftest's KERNEL_RECORDER; a foreach stage: all its instances)."""
+    found: dict[str, set[str]] = {}
+    for record in sorted(kernel_records[0].glob("*.json")):
+        stage = record.stem.split("-")[0]  # the executed copy's name: train-digits-ms.ipynb -> train
+        found.setdefault(stage, set()).update(_relative(json.loads(record.read_text())))
     # The validate stage is a command, not a notebook: record what `tcm check-params` loads.
-    code = "import sys; from tcm.cli import main; main(['check-params']);" + RECORD.format(path="validate.json")
-    run_command([sys.executable, "-c", code], work)
-    found["validate"] = _relative(json.loads((work / "validate.json").read_text()))
+    record = tmp_path_factory.mktemp("validate") / "modules.json"
+    code = "import sys; from tcm.cli import main; main(['check-params']);" + RECORD.format(path=str(record))
+    run_command([sys.executable, "-c", code], project)
+    found["validate"] = _relative(json.loads(record.read_text()))
     return found
 
 
@@ -103,7 +90,7 @@ def test_every_module_a_stage_runs_is_a_declared_dependency(stage: str, executed
 
 @pytest.mark.parametrize("stage", NOTEBOOK_STAGES)
 def test_stage_deps_are_the_import_closure_of_its_notebook(stage: str) -> None:
-    notebook = REPO / "notebooks" / NOTEBOOK_STAGES[stage][0]
+    notebook = REPO / "notebooks" / NOTEBOOK_STAGES[stage]
     closure = _relative(p for m in _notebook_imports(notebook) for p in source_files(m))
     deps = _stage_deps(stage)
     missing = _uncovered(closure, deps)

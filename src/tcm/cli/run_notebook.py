@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tcm.errors import TcmError
+from tcm.jupyter_imports import skip_iri_grammar
 
 KERNEL = "python3"
 POLL_SECONDS = 1.0  # how often the watchdog looks for the process that started this one
@@ -268,6 +269,7 @@ def run_notebook(source: Path, output: Path, parameters: dict[str, str]) -> int:
         line = describe(source, parameters)
         if line is not None:
             print(line, file=sys.stderr, flush=True)
+    skip_iri_grammar()
     import papermill
     from papermill.exceptions import PapermillExecutionError
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tcm.atomic import write_text
+from tcm.jupyter_imports import skip_iri_grammar
 
 # The executed report notebook's sections: heading -> the tables (stems) and figures (stem prefixes) under it,
 # in order; anything else written goes under the last heading.
@@ -63,6 +64,7 @@ def notebook_html(notebook: Path, out_dir: Path) -> Path | None:
     """An HTML render of an executed notebook (what the MLflow UI can show), or None if it is missing."""
     if not notebook.is_file():
         return None
+    skip_iri_grammar()
     import nbformat
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
