@@ -359,10 +359,13 @@ def _stage_process(params: Path, out: Path, **popen) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, **popen)
 
 
+KERNEL_MODULES = ("tcm.stage_kernel", "ipykernel_launcher")  # what `tcm notebook` starts, or another kernel
+
+
 def _kernels_of(pid: int) -> list[int]:
     from tcm.cli.run_notebook import _children, _command
 
-    return [c for c in _children(pid) if any("ipykernel" in a for a in _command(c))]
+    return [c for c in _children(pid) if any(a in KERNEL_MODULES for a in _command(c))]
 
 
 @pytest.mark.slow
@@ -448,7 +451,7 @@ def _descendant_kernel(root: int) -> int | None:
     todo = [root]
     while todo:
         pid = todo.pop()
-        if pid != root and any("ipykernel" in a for a in _command(pid)):
+        if pid != root and any(a in KERNEL_MODULES for a in _command(pid)):
             return pid
         todo.extend(_children(pid))
     return None

@@ -22,6 +22,7 @@ LAYERS = {
     # foundations: no tcm imports but each other
     "tcm": 0, "tcm.errors": 0, "tcm.atomic": 0, "tcm.runfiles": 0, "tcm.stats": 0, "tcm.fingerprint": 0,
     "tcm.progress": 0, "tcm.locks": 0, "tcm.project": 0, "tcm.strict_yaml": 0, "tcm.jupyter_imports": 0,
+    "tcm.stage_kernel": 0,
     # settings: config/ (base, registry of backbone and loss names, datasets, runs, evaluation, schema, loading)
     "tcm.config": 1,
     # shared pieces

@@ -178,8 +178,8 @@ def test_notebook_html_gives_every_image_alt_text(tmp_path, capfd, caplog) -> No
 
 
 def test_kernel_sockets_fall_back_to_tcp_where_a_unix_socket_path_would_be_too_long(tmp_path) -> None:
-    from tcm.cli.run_notebook import _ipc_kernel_manager
+    from tcm.cli.run_notebook import _kernel_manager
 
-    manager = _ipc_kernel_manager(tmp_path)["kernel_manager_class"]()
+    manager = _kernel_manager(tmp_path)["kernel_manager_class"]()
     assert manager.transport == "ipc" and manager.ip.startswith(str(tmp_path))
-    assert _ipc_kernel_manager(tmp_path / ("x" * 120)) == {}
+    assert _kernel_manager(tmp_path / ("x" * 120))["kernel_manager_class"]().transport == "tcp"

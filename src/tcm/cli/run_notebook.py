@@ -245,21 +245,29 @@ def describe(source: Path, parameters: dict[str, str]) -> str | None:
     return f"{what}: running {source}"
 
 
-def _ipc_kernel_manager(folder: Path) -> dict:
-    """papermill's keyword for a kernel manager whose kernels listen on Unix sockets in ``folder``; none
-    (TCP, jupyter_client's default) where those cannot be: not POSIX, or a socket path past the
-    length a Unix socket allows (a long TMPDIR)."""
-    if os.name != "posix" or len(str(folder / "kernel-00000")) > 100:
-        return {}
+def _kernel_manager(folder: Path) -> dict:
+    """papermill's keyword for the kernel manager of a stage: its kernel is :mod:`tcm.stage_kernel` (where
+    the kernel spec is the usual ``python -m ipykernel_launcher``) and listens on Unix sockets in
+    ``folder``, or on TCP (jupyter_client's default) where those cannot be: not POSIX, or a socket path
+    past the length a Unix socket allows (a long TMPDIR)."""
     from jupyter_client.manager import AsyncKernelManager
 
-    class IpcKernelManager(AsyncKernelManager):
+    ipc = os.name == "posix" and len(str(folder / "kernel-00000")) <= 100
+
+    class StageKernelManager(AsyncKernelManager):
         def __init__(self, **kw: object) -> None:
-            kw.setdefault("transport", "ipc")
-            kw.setdefault("ip", str(folder / "kernel"))
+            if ipc:
+                kw.setdefault("transport", "ipc")
+                kw.setdefault("ip", str(folder / "kernel"))
             super().__init__(**kw)
 
-    return {"kernel_manager_class": IpcKernelManager}
+        def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+            cmd = super().format_kernel_cmd(extra_arguments)
+            if cmd[1:3] == ["-m", "ipykernel_launcher"]:
+                cmd[2] = "tcm.stage_kernel"
+            return cmd
+
+    return {"kernel_manager_class": StageKernelManager}
 
 
 def run_notebook(source: Path, output: Path, parameters: dict[str, str]) -> int:
@@ -281,7 +289,7 @@ def run_notebook(source: Path, output: Path, parameters: dict[str, str]) -> int:
             papermill.execute_notebook(str(source), str(output), parameters=parameters, kernel_name=KERNEL,
                                        progress_bar=False, stdout_file=sys.stderr, stderr_file=sys.stderr, cwd=None,
                                        coalesce_streams=True,
-                                       **_ipc_kernel_manager(Path(sockets)))
+                                       **_kernel_manager(Path(sockets)))
         except PapermillExecutionError as e:
             if e.ename in user_error_names():
                 print(f"\ntcm: error: {e.evalue} (the executed notebook {output} has the details)", file=sys.stderr)
