@@ -32,6 +32,9 @@ def save(fig: plt.Figure, png: Path) -> Path:
     for path in (png, pdf):
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=path.suffix[1:], dpi=120, metadata=_METADATA[path.suffix])
+        # The PDF keeps the layout the PNG's draw computed (figure fractions): constrained layout would
+        # run its solver again, a third of the report stage's drawing time.
+        fig.set_layout_engine("none")
     plt.close(fig)
     return png
 
