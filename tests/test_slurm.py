@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, copy_project, fake_stage_project, run_command, tiny_glyphs_params, write_params
+from conftest import (
+    REPO,
+    copy_finished,
+    copy_project,
+    fake_stage_project,
+    run_command,
+    tiny_glyphs_params,
+    write_params,
+)
 
 from tcm.cli import main
 from tcm.cli.parallel.slurm import ddp_prefix, job_command, job_state
@@ -51,6 +60,17 @@ def _completion_states(ids: list[str]) -> dict[str, str]:
     out = subprocess.run(["sacct", "-c", "-n", "-P", "-o", "JobID,State", "-j", ",".join(ids)], capture_output=True,
                          text=True).stdout
     return dict(line.split("|")[:2] for line in out.splitlines() if "|" in line)
+
+
+def _ran(stdout: str) -> list[str]:
+    """The stages DVC ran, in order, from its lines `Running stage 'NAME':`."""
+    return [line.split("'")[1] for line in stdout.splitlines() if line.startswith("Running stage '")]
+
+
+def _notebook_text(path: Path) -> str:
+    """What an executed notebook's cells printed (its stream outputs)."""
+    cells = json.loads(path.read_text())["cells"]
+    return "".join("".join(o.get("text", "")) for c in cells for o in c.get("outputs", ()))
 
 
 def _cluster(params: dict, **keys) -> dict:
@@ -214,23 +234,47 @@ def test_default_profile_on_slurm_equals_a_sequential_repro(on_slurm, tmp_path) 
              if "tcm.seed" in r.data.tags]
     assert sorted((r.data.tags["tcm.run"], r.data.tags["env.slurm_job_id"]) for r in seeds) == sorted(ids.items())
     assert all(r.info.status == "FINISHED" for r in seeds)
-    sequential = copy_project(tmp_path / "sequential", _default_params())
-    run_command(["dvc", "repro"], sequential)
-    for run in DEFAULT_RUNS:
+    # The sequential oracle: a copy of this project where `dvc repro` trains and evaluates again, one
+    # stage after the other on this machine, a run without TCM and one with it (from the same data and
+    # pretrained backbone, which `tcm parallel` made here too, not on SLURM).
+    compared = ("glyphs-ms", "glyphs-pa-tcm")
+    sequential = copy_finished(project, tmp_path / "sequential")
+    for run in compared:
+        (sequential / f"runs/{run}/metrics.json").unlink()  # the one compared is written by this repro
+    stages = [f"{stage}@{run}" for run in compared for stage in ("train", "evaluate")]
+    out = run_command(["dvc", "repro", "--force", "--single-item", *stages], sequential)
+    assert _ran(out.stdout) == stages, out.stdout
+    for run in compared:
+        trained = _notebook_text(sequential / f"reports/notebooks/train-{run}.ipynb")
+        assert f"holds a finished run; training {run} from scratch" in trained, trained
+        assert f"{run} seed 0 epoch 1/1: loss" in trained, trained
         metrics = f"runs/{run}/metrics.json"
         assert (project / metrics).read_bytes() == (sequential / metrics).read_bytes(), run
 
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_a_job_cancelled_mid_training_is_resumed_by_the_next_call(slurm, tmp_path) -> None:
+def test_a_job_cancelled_mid_training_is_resumed_by_the_next_call(on_slurm, tmp_path) -> None:
     """scancel after the first of 3 epochs: nothing committed; the next call resumes after that epoch
     and ends with the history of an uninterrupted run."""
     run = DEFAULT_RUNS[0]
     params = _default_params(epochs=3)
     params["runs"] = {run: params["runs"][run]}
     params["run_defaults"]["train"]["samples_per_epoch"] = 4096  # seconds per epoch
-    project = copy_project(tmp_path / "cancelled", params)
+
+    def changed_copy(dest: Path) -> Path:
+        """The finished default project with ``params`` and without the run's folder, as in a project
+        that never trained it: a finished train/ would be moved aside and put back when the job is
+        cancelled before its first trained epoch (tcm.train.resume._Aside), and then trained again
+        from scratch, not resumed. Data and pretrained backbone (their params unchanged) stay."""
+        copy_finished(on_slurm[0], dest)
+        write_params(dest / "params.yaml", params)
+        shutil.rmtree(dest / f"runs/{run}")
+        return dest
+
+    project = changed_copy(tmp_path / "cancelled")
+    assert set(_status(project)) == {"validate", f"train@{run}", f"evaluate@{run}", "report"}
+    finished = _lock(project)[f"train@{run}"]  # the 1-epoch run's entry
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(project / "src"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.Popen(["tcm", "parallel", "--slurm", "--train-only"], cwd=project, env=env,
@@ -247,17 +291,20 @@ def test_a_job_cancelled_mid_training_is_resumed_by_the_next_call(slurm, tmp_pat
     subprocess.run(["scancel", job], check=True)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 2, stdout + stderr
+    assert _ran(stdout) == ["validate"], stdout  # data and pretrain were up to date
     assert f"tcm: error: run {run}: SLURM job {job} CANCELLED" in stderr, stderr
-    assert f"train@{run}" in _status(project) and f"train@{run}" not in _lock(project)
+    assert f"train@{run}" in _status(project) and _lock(project)[f"train@{run}"] == finished  # not committed
     again = run_command(["tcm", "parallel", "--slurm", "--train-only"], project, check=False)
     assert again.returncode == 0, again.stdout + again.stderr
+    assert _ran(again.stdout) == [], again.stdout
     second = _job_ids(again.stdout)[run]
     log = (project / f"runs/{run}/slurm/{second}_0_log.out").read_text(errors="replace") + \
         (project / f"runs/{run}/slurm/{second}_0_log.err").read_text(errors="replace")
     assert f"resuming run {run} seed 0 after epoch" in log, log[-3000:]
     assert f"train@{run}" not in _status(project)
-    uninterrupted = copy_project(tmp_path / "uninterrupted", params)
-    run_command(["dvc", "repro", f"train@{run}"], uninterrupted)
+    uninterrupted = changed_copy(tmp_path / "uninterrupted")
+    out = run_command(["dvc", "repro", f"train@{run}"], uninterrupted)
+    assert _ran(out.stdout) == ["validate", f"train@{run}"], out.stdout
     import pandas as pd
 
     columns = ["seed", "epoch", "loss", "base_loss", "tcm_loss", "lr"]  # not the timings
