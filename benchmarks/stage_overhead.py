@@ -15,28 +15,16 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import nbformat
+from pipeline import timed  # this folder's cold-repro benchmark: the same timed subprocess
 
 from tcm.device import cpu_model
 
 # The import cell of notebooks/03_evaluate.ipynb (the heaviest: torch, torchvision, pandas, scipy, PML).
 IMPORTS = "from tcm import evaluate\nfrom tcm.config import load_config\nfrom tcm.notebook import plot_run_utility"
-
-
-def run(cmd: list[str], cwd: Path) -> float:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    t0 = time.perf_counter()
-    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
-    if out.returncode:
-        sys.exit(f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    return seconds
 
 
 def main() -> None:
@@ -53,11 +41,11 @@ def main() -> None:
         commands = {"papermill (baseline)": ["papermill", "stage.ipynb", "out.ipynb", "-k", "python3",
                                              "--no-progress-bar"],
                     "tcm notebook": ["tcm", "notebook", "stage.ipynb", "out.ipynb"]}
-        run(commands["tcm notebook"], work)  # warm-up: page cache, bytecode
+        timed(commands["tcm notebook"], work)  # warm-up: page cache, bytecode
         seconds: dict[str, list[float]] = {k: [] for k in commands}
         for _ in range(args.repeats):
             for name, cmd in commands.items():
-                seconds[name].append(run(cmd, work))
+                seconds[name].append(timed(cmd, work)[0])
     med = {k: statistics.median(v) for k, v in seconds.items()}
     ratio = med["tcm notebook"] / med["papermill (baseline)"]
     lines = ["# Fixed cost of a pipeline stage", "",
