@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import nbformat
 import numpy as np
 import pandas as pd
 import pytest
@@ -161,20 +162,34 @@ def fake_stage_project(dest: Path, params: dict, stage: str, files: dict[str, st
     return commit_new_repository(dest, "fake", dvc_init=True)
 
 
+def write_notebook(path: Path, code: str) -> Path:
+    """A notebook on the python3 kernel: a papermill parameters cell (``x = 'default'``), then ``code``."""
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                           "language": "python"},
+                                            "language_info": {"name": "python"}})
+    nb.cells = [nbformat.v4.new_code_cell("x = 'default'", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(code)]
+    nbformat.write(nb, path)
+    return path
+
+
+# Python code for: the files of the tcm modules this process has loaded, sorted (needs sys imported).
+TCM_FILES = ('sorted(m.__file__ for n, m in list(sys.modules.items())\n'
+             '       if (n == "tcm" or n.startswith("tcm.")) and getattr(m, "__file__", None))')
+
 # An IPython startup file (in a profile folder of the tests' own: IPYTHONDIR) that makes each stage kernel
 # write the tcm files it has loaded after every cell, to RECORD_DIR/<the executed notebook's name>.json. The
 # kernel's parent is `tcm notebook IN OUT -p ...` (dvc.yaml's stage command), which names OUT.
-KERNEL_RECORDER = """
+KERNEL_RECORDER = f"""
 import json, os, sys
 from pathlib import Path
 
-_args = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode().split("\\0")
-_out = next((a for a in _args[_args.index("notebook") + 2:][:1]), None) if "notebook" in _args else None
+_args = Path(f"/proc/{{os.getppid()}}/cmdline").read_bytes().decode().split("\\0")
+_out = _args[_args.index("notebook") + 2] if "notebook" in _args else None
 
 
 def _record(*_):
-    files = sorted(m.__file__ for n, m in list(sys.modules.items())
-                   if (n == "tcm" or n.startswith("tcm.")) and getattr(m, "__file__", None))
+    files = {TCM_FILES}
     Path(os.environ["RECORD_DIR"], Path(_out).stem + ".json").write_text(json.dumps(files))
 
 

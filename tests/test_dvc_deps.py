@@ -18,19 +18,14 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-from conftest import REPO, run_command
+from conftest import REPO, TCM_FILES, run_command
 
 from tcm.fingerprint import PACKAGE_DIR, imported_names, source_files
 
 SRC = PACKAGE_DIR.parent  # .../src
 NOTEBOOK_STAGES = {"data": "01_data.ipynb", "pretrain": "00_pretrain.ipynb", "train": "02_train.ipynb",
                    "evaluate": "03_evaluate.ipynb", "report": "04_report.ipynb"}
-RECORD = """
-import json as _json, sys as _sys
-_json.dump(sorted(m.__file__ for n, m in list(_sys.modules.items())
-                  if (n == "tcm" or n.startswith("tcm.")) and getattr(m, "__file__", None)),
-           open({path!r}, "w"))
-"""
+RECORD = "import json as _json\n_json.dump(" + TCM_FILES + ", open({path!r}, 'w'))"
 
 
 def _stage_deps(stage: str) -> list[str]:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import pytest
 import torch
@@ -23,6 +22,7 @@ from conftest import (
     run_command,
     tiny_params,
     tree_digest,
+    write_notebook,
     write_params,
 )
 
@@ -315,19 +315,9 @@ def test_queued_experiments_log_to_the_project_store(tmp_path) -> None:
 # ---------------------------------------------------------------- stage notebooks under DVC
 
 
-def _notebook(path: Path, code: str) -> Path:
-    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                           "language": "python"},
-                                            "language_info": {"name": "python"}})
-    nb.cells = [nbformat.v4.new_code_cell("x = 'default'", metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell(code)]
-    nbformat.write(nb, path)
-    return path
-
-
 @pytest.mark.slow
 def test_stage_notebook_user_error_is_one_line(tmp_path, capsys) -> None:
-    nb = _notebook(tmp_path / "in.ipynb", "from tcm.config import ConfigError\n"
+    nb = write_notebook(tmp_path / "in.ipynb", "from tcm.config import ConfigError\n"
                    "raise ConfigError(f'params.yaml: runs.{x}: something the user can fix')")
     capsys.readouterr()
     out = tmp_path / "out.ipynb"
@@ -341,7 +331,7 @@ def test_stage_notebook_user_error_is_one_line(tmp_path, capsys) -> None:
 
 @pytest.mark.slow
 def test_stage_notebook_bug_keeps_its_traceback(tmp_path, capsys) -> None:
-    nb = _notebook(tmp_path / "in.ipynb", "print('to stderr', file=__import__('sys').stderr)\n1 / 0")
+    nb = write_notebook(tmp_path / "in.ipynb", "print('to stderr', file=__import__('sys').stderr)\n1 / 0")
     capsys.readouterr()
     assert main(["notebook", str(nb), str(tmp_path / "out.ipynb")]) == 1
     err = capsys.readouterr().err

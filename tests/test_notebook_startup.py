@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
+from conftest import write_notebook
 
 CHECK = """
 import sys
@@ -20,10 +20,7 @@ print(code, repr(sys.modules.get("rfc3987_syntax", "never imported")))
 
 
 def test_a_stage_notebook_runs_without_loading_the_iri_grammar(tmp_path: Path) -> None:
-    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                           "language": "python"}})
-    nb.cells = [nbformat.v4.new_code_cell("x = 6 * 7\nprint(x)")]
-    nbformat.write(nb, tmp_path / "in.ipynb")
+    write_notebook(tmp_path / "in.ipynb", "x = 6 * 7\nprint(x)")
     out = subprocess.run([sys.executable, "-c", CHECK, str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb")],
                          capture_output=True, text=True, cwd=tmp_path)
     assert out.stdout.split() == ["0", "None"], out.stdout + out.stderr  # blocked, not imported
@@ -43,10 +40,7 @@ print("kernel:", Path("/proc/self/cmdline").read_text().split(chr(0))[1:3])
 
 
 def test_the_stage_kernel_joins_threads_and_runs_exit_handlers_then_skips_the_teardown(tmp_path: Path) -> None:
-    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                           "language": "python"}})
-    nb.cells = [nbformat.v4.new_code_cell(STAGE_KERNEL_CELL)]
-    nbformat.write(nb, tmp_path / "in.ipynb")
+    write_notebook(tmp_path / "in.ipynb", STAGE_KERNEL_CELL)
     out = subprocess.run([sys.executable, "-m", "tcm.cli", "notebook", "in.ipynb", "out.ipynb"], capture_output=True,
                          text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
